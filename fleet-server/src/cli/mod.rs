@@ -1,0 +1,3 @@
+//! Subcommands of `outpost`.
+
+pub(crate) mod model;

@@ -1,0 +1,284 @@
+//! `outpost model inspect|run`: try a model from the shell, no server needed.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use outpost_runtime::{
+    EngineKind, LoadOptions, Model, ModelInfo, QuantStrategy, TargetProfile, npy,
+};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelCommand {
+    /// Show a model's inputs, outputs, operators, quantization and how it will run.
+    Inspect {
+        /// An .onnx file or an .opk package.
+        file: PathBuf,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+    /// Run a model on .npy inputs and write its outputs to an .npz file.
+    Run {
+        /// An .onnx file or an .opk package.
+        file: PathBuf,
+        /// NAME=FILE.npy for each input (or just FILE.npy for a single-input model).
+        #[arg(long = "input", short = 'i', required = true)]
+        inputs: Vec<String>,
+        /// Where to write the outputs (.npz, one array per output name).
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+        /// Run this many times and print latency figures.
+        #[arg(long, default_value_t = 1)]
+        repeat: usize,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct LoadArgs {
+    /// Engine: cpu or gpu.
+    #[arg(long)]
+    engine: Option<EngineKind>,
+    /// CPU threads.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Quantized models: auto (measure), integer or dequantized.
+    #[arg(long, default_value = "auto")]
+    strategy: QuantStrategy,
+    /// Device target profile (targets/*.toml) for engine and threads.
+    #[arg(long)]
+    target: Option<PathBuf>,
+    /// Ignore a package's pre-optimized form and load its ONNX model.
+    #[arg(long)]
+    no_preoptimized: bool,
+}
+
+impl LoadArgs {
+    fn options(&self) -> Result<LoadOptions> {
+        let target = match &self.target {
+            Some(p) => Some(TargetProfile::load(p)?),
+            None => None,
+        };
+        Ok(LoadOptions {
+            engine: self.engine,
+            threads: self.threads,
+            strategy: self.strategy,
+            use_preoptimized: !self.no_preoptimized,
+            target,
+            ..LoadOptions::default()
+        })
+    }
+}
+
+pub(crate) fn run(cmd: ModelCommand, json: bool) -> Result<()> {
+    match cmd {
+        ModelCommand::Inspect { file, load } => {
+            let model = Model::load(&file, &load.options()?)
+                .with_context(|| format!("loading {}", file.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(model.info())?);
+            } else {
+                print_info(model.info());
+            }
+            Ok(())
+        }
+        ModelCommand::Run {
+            file,
+            inputs,
+            output,
+            repeat,
+            load,
+        } => run_model(&file, &inputs, output, repeat.max(1), &load, json),
+    }
+}
+
+fn print_info(i: &ModelInfo) {
+    println!(
+        "model        {}{}",
+        i.name,
+        i.version
+            .as_ref()
+            .map(|v| format!(" {v}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "size         {} bytes, opset {}, {} ONNX nodes, {} plan nodes",
+        i.size_bytes, i.opset, i.onnx_nodes, i.plan_nodes
+    );
+    println!("ops          {}", i.ops.join(" "));
+    println!(
+        "quantization {}",
+        serde_json::to_string(&i.quantization)
+            .unwrap_or_default()
+            .trim_matches('"')
+    );
+    println!(
+        "strategy     {} — {}",
+        serde_json::to_string(&i.strategy.strategy)
+            .unwrap_or_default()
+            .trim_matches('"'),
+        i.strategy.reason
+    );
+    let r = &i.rewrites;
+    if r.qgemm + r.softmax_guarded + r.dequantized > 0 {
+        println!(
+            "rewrites     {} QGemm → Gemm, {} Softmax kept in float, {} integer ops dequantized",
+            r.qgemm, r.softmax_guarded, r.dequantized
+        );
+    }
+    println!(
+        "engine       {} ({} thread{})",
+        i.engine,
+        i.threads,
+        if i.threads == 1 { "" } else { "s" }
+    );
+    println!(
+        "loaded from  {} in {:.1} ms",
+        serde_json::to_string(&i.source)
+            .unwrap_or_default()
+            .trim_matches('"'),
+        i.load_time.as_secs_f64() * 1e3
+    );
+    if let Some(why) = &i.preoptimized_skipped {
+        println!("note         {why}");
+    }
+    for s in &i.inputs {
+        let range = s
+            .range
+            .map(|r| format!(" range [{}, {}]", r.min, r.max))
+            .unwrap_or_default();
+        println!(
+            "input        {} {} {}{range}",
+            s.name,
+            s.dtype,
+            s.shape_string()
+        );
+    }
+    for s in &i.outputs {
+        let labels = if s.labels.is_empty() {
+            String::new()
+        } else {
+            format!(" labels {}", s.labels.join(","))
+        };
+        println!(
+            "output       {} {} {}{labels}",
+            s.name,
+            s.dtype,
+            s.shape_string()
+        );
+    }
+}
+
+fn run_model(
+    file: &PathBuf,
+    inputs: &[String],
+    output: Option<PathBuf>,
+    repeat: usize,
+    load: &LoadArgs,
+    json: bool,
+) -> Result<()> {
+    let model = Model::load(file, &load.options()?)
+        .with_context(|| format!("loading {}", file.display()))?;
+    let specs = model.inputs();
+    let mut named = vec![];
+    for arg in inputs {
+        let (name, path) = match arg.split_once('=') {
+            Some((n, p)) => (n.to_owned(), p),
+            None if specs.len() == 1 && inputs.len() == 1 => (specs[0].name.clone(), arg.as_str()),
+            None => bail!(
+                "--input {arg:?}: write NAME=FILE.npy (the model's inputs are {})",
+                names(&model)
+            ),
+        };
+        named.push((name, npy::read_npy(path)?));
+    }
+    let mut session = model.session()?;
+    let mut times = Vec::with_capacity(repeat);
+    let mut outputs = vec![];
+    for _ in 0..repeat {
+        let t = Instant::now();
+        outputs = session.run_named(named.clone())?;
+        times.push(t.elapsed());
+    }
+    let out_names: Vec<String> = model
+        .info()
+        .outputs
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let pairs: Vec<(String, outpost_runtime::Tensor)> = out_names
+        .iter()
+        .cloned()
+        .zip(outputs.iter().cloned())
+        .collect();
+    if let Some(path) = &output {
+        npy::write_npz(path, &pairs)?;
+    }
+    let stats = LatencyStats::of(&times);
+    if json {
+        let outs: Vec<_> = pairs
+            .iter()
+            .map(|(n, t)| serde_json::json!({"name": n, "dtype": format!("{:?}", t.datum_type()), "shape": t.shape()}))
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "outputs": outs,
+                "written_to": output,
+                "repeat": repeat,
+                "latency_ms": stats.as_ref().map(|s| serde_json::json!({"min": s.min, "median": s.median, "p90": s.p90, "mean": s.mean})),
+                "strategy": model.info().strategy,
+            }))?
+        );
+    } else {
+        for (n, t) in &pairs {
+            println!("output {n}: {:?} {:?}", t.datum_type(), t.shape());
+        }
+        if let Some(path) = &output {
+            println!("wrote {}", path.display());
+        }
+        if let Some(s) = stats {
+            println!(
+                "latency over {repeat} runs: min {:.3} ms, median {:.3} ms, p90 {:.3} ms, mean {:.3} ms",
+                s.min, s.median, s.p90, s.mean
+            );
+        }
+    }
+    Ok(())
+}
+
+fn names(model: &Model) -> String {
+    model
+        .inputs()
+        .iter()
+        .map(|s| s.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+struct LatencyStats {
+    min: f64,
+    median: f64,
+    p90: f64,
+    mean: f64,
+}
+
+impl LatencyStats {
+    /// Figures in milliseconds; `None` for a single run.
+    fn of(times: &[Duration]) -> Option<Self> {
+        if times.len() < 2 {
+            return None;
+        }
+        let mut ms: Vec<f64> = times.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() - 1) as f64 * q).round() as usize];
+        Some(LatencyStats {
+            min: ms[0],
+            median: at(0.5),
+            p90: at(0.9),
+            mean: ms.iter().sum::<f64>() / ms.len() as f64,
+        })
+    }
+}

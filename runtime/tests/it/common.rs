@@ -1,0 +1,65 @@
+//! Helpers shared by the test modules.
+
+use std::path::{Path, PathBuf};
+
+use outpost_runtime::Tensor;
+
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+/// `${OUTPOST_CACHE:-$HOME/.cache/outpost}`: generated data kept out of git.
+pub fn cache() -> PathBuf {
+    match std::env::var_os("OUTPOST_CACHE") {
+        Some(p) => PathBuf::from(p),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/tmp".into()))
+            .join(".cache/outpost"),
+    }
+}
+
+/// Tests that need something optional skip with a printed reason, except
+/// in CI (`OUTPOST_REQUIRE_ALL=1`), where a missing prerequisite fails.
+pub fn skip_or_fail(reason: &str) {
+    if std::env::var("OUTPOST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("OUTPOST_REQUIRE_ALL=1 but a prerequisite is missing: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+pub fn f32s(t: &Tensor) -> Vec<f32> {
+    t.cast_to::<f32>()
+        .unwrap()
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Row-wise argmax of a [N, C] tensor.
+pub fn argmax_rows(t: &Tensor) -> Vec<usize> {
+    let shape = t.shape().to_vec();
+    let c = shape[1];
+    f32s(t)
+        .chunks(c)
+        .map(|row| {
+            // First maximum wins, as numpy.argmax does: quantized
+            // probabilities tie often.
+            let mut best = 0;
+            for (i, v) in row.iter().enumerate() {
+                if *v > row[best] {
+                    best = i;
+                }
+            }
+            best
+        })
+        .collect()
+}

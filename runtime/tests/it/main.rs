@@ -1,0 +1,9 @@
+//! Integration tests of outpost-runtime (one binary; modules by topic).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod conformance;
+mod digits;
+mod package;
+mod robustness;
+mod thirdparty;
