@@ -182,3 +182,43 @@ pub(crate) fn input(node: &NodeProto, ix: usize) -> Option<&str> {
 pub(crate) const FLOAT: i64 = pb::tensor_proto::DataType::Float as i64;
 pub(crate) const INT32: i64 = pb::tensor_proto::DataType::Int32 as i64;
 pub(crate) const INT64: i32 = pb::tensor_proto::DataType::Int64 as i32;
+
+/// Integer values of a constant tensor of any integer type, from its typed
+/// field or its little-endian `raw_data` (onnx.proto3, TensorProto).
+pub(crate) fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
+    let raw = &t.raw_data;
+    if !raw.is_empty() {
+        let v: Vec<i64> = match t.data_type {
+            2 => raw.iter().map(|b| i64::from(*b)).collect(),
+            3 => raw.iter().map(|b| i64::from(*b as i8)).collect(),
+            4 => raw
+                .chunks_exact(2)
+                .map(|c| i64::from(u16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            5 => raw
+                .chunks_exact(2)
+                .map(|c| i64::from(i16::from_le_bytes([c[0], c[1]])))
+                .collect(),
+            6 => raw
+                .chunks_exact(4)
+                .map(|c| i64::from(i32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+            12 => raw
+                .chunks_exact(4)
+                .map(|c| i64::from(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+                .collect(),
+            7 | 13 => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+                .collect(),
+            _ => return None,
+        };
+        return Some(v);
+    }
+    match t.data_type {
+        2..=6 => Some(t.int32_data.iter().map(|v| i64::from(*v)).collect()),
+        7 => Some(t.int64_data.clone()),
+        12 | 13 => Some(t.uint64_data.iter().map(|v| *v as i64).collect()),
+        _ => None,
+    }
+}
