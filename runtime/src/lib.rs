@@ -60,7 +60,8 @@ pub use tract_onnx::prelude::Tensor;
 /// extensions), after the runtime's rewrites and strategy choice, for
 /// `model.nnef.tar` in a package. Returns the bytes and what was chosen.
 pub fn preoptimize(onnx_bytes: &[u8], opts: &LoadOptions) -> Result<(Vec<u8>, StrategyDecision)> {
-    let proto = onnx::decode(onnx_bytes, None)?;
+    let mut proto = onnx::decode(onnx_bytes, None)?;
+    onnx::normalize_inputs(&mut proto, &opts.input_shapes);
     onnx::guard::check(&proto, None)?;
     let form = strategy::quant_form(&proto);
     let threads = opts.threads.unwrap_or(1);

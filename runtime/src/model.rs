@@ -32,6 +32,10 @@ pub struct LoadOptions {
     pub use_preoptimized: bool,
     /// The device's target profile.
     pub target: Option<TargetProfile>,
+    /// Input shapes that replace the declared ones, by input name: fix the
+    /// spatial size of a detector whose graph tract cannot type with
+    /// symbolic height and width, or pin the batch.
+    pub input_shapes: Vec<(String, Vec<Dim>)>,
 }
 
 impl Default for LoadOptions {
@@ -43,6 +47,7 @@ impl Default for LoadOptions {
             max_model_bytes: 1 << 30,
             use_preoptimized: true,
             target: None,
+            input_shapes: vec![],
         }
     }
 }
@@ -190,7 +195,8 @@ impl Model {
         opts: &LoadOptions,
     ) -> Result<Model> {
         let started = Instant::now();
-        let proto = onnx::decode(bytes, origin)?;
+        let mut proto = onnx::decode(bytes, origin)?;
+        onnx::normalize_inputs(&mut proto, &opts.input_shapes);
         Self::from_proto(proto, bytes.len() as u64, name, None, origin, opts, started)
     }
 
@@ -202,7 +208,8 @@ impl Model {
         let m = pkg.manifest();
         let origin = Some(pkg.origin());
         let onnx_bytes = pkg.model_bytes()?;
-        let proto = onnx::decode(onnx_bytes, origin)?;
+        let mut proto = onnx::decode(onnx_bytes, origin)?;
+        onnx::normalize_inputs(&mut proto, &opts.input_shapes);
         let mut skipped = None;
         let mut model = match (opts.use_preoptimized, pkg.preoptimized()) {
             (true, Some(nnef_bytes)) => {

@@ -38,6 +38,76 @@ pub(crate) fn decode(bytes: &[u8], origin: Option<&str>) -> Result<ModelProto> {
     Ok(model)
 }
 
+/// Makes every graph input's declared shape usable by tract: a caller's
+/// override wins; otherwise negative sizes (`-1`, which exporters write for
+/// "dynamic" although ONNX forbids it) and missing sizes become symbols, and
+/// symbol names tract cannot parse (`?`, `p2o.DynamicDimension.0`) are
+/// renamed consistently (the same name maps to the same symbol).
+pub(crate) fn normalize_inputs(
+    model: &mut ModelProto,
+    overrides: &[(String, Vec<crate::schema::Dim>)],
+) {
+    use pb::tensor_shape_proto::{Dimension, dimension::Value};
+    let Some(graph) = model.graph.as_mut() else {
+        return;
+    };
+    let inits: std::collections::HashSet<String> =
+        graph.initializer.iter().map(|t| t.name.clone()).collect();
+    let mut renamed: HashMap<String, String> = HashMap::new();
+    let valid = |s: &str| {
+        let mut chars = s.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    for (ix, input) in graph.input.iter_mut().enumerate() {
+        if inits.contains(&input.name) {
+            continue;
+        }
+        let Some(pb::type_proto::Value::TensorType(tensor)) =
+            input.r#type.as_mut().and_then(|t| t.value.as_mut())
+        else {
+            continue;
+        };
+        if let Some((_, dims)) = overrides.iter().find(|(n, _)| n == &input.name) {
+            let dim = dims
+                .iter()
+                .map(|d| Dimension {
+                    value: Some(match d {
+                        crate::schema::Dim::Fixed(v) => Value::DimValue(*v as i64),
+                        crate::schema::Dim::Symbolic(s) => Value::DimParam(s.clone()),
+                    }),
+                    ..Default::default()
+                })
+                .collect();
+            tensor.shape = Some(pb::TensorShapeProto { dim });
+            continue;
+        }
+        let Some(shape) = tensor.shape.as_mut() else {
+            continue;
+        };
+        for (axis, d) in shape.dim.iter_mut().enumerate() {
+            let fresh =
+                |renamed: &HashMap<String, String>| format!("d{}_{ix}_{axis}", renamed.len());
+            match &d.value {
+                Some(Value::DimValue(v)) if *v >= 0 => {}
+                Some(Value::DimParam(p)) if valid(p) => {}
+                Some(Value::DimParam(p)) => {
+                    let next = fresh(&renamed);
+                    let name = renamed.entry(p.clone()).or_insert(next).clone();
+                    d.value = Some(Value::DimParam(name));
+                }
+                _ => {
+                    let name = fresh(&renamed);
+                    renamed.insert(name.clone(), name.clone());
+                    d.value = Some(Value::DimParam(name));
+                }
+            }
+        }
+    }
+}
+
 /// The opset version of the default (`ai.onnx`) domain.
 pub(crate) fn default_opset(model: &ModelProto) -> i64 {
     model
