@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use outpost_runtime::{
-    EngineKind, LoadOptions, Model, ModelInfo, QuantStrategy, TargetProfile, npy,
+    Dim, EngineKind, LoadOptions, Model, ModelInfo, QuantStrategy, TargetProfile, npy,
 };
 
 #[derive(Debug, Subcommand)]
@@ -53,6 +53,36 @@ pub(crate) struct LoadArgs {
     /// Ignore a package's pre-optimized form and load its ONNX model.
     #[arg(long)]
     no_preoptimized: bool,
+    /// Override an input's declared shape: NAME=N,3,640,640 (numbers are
+    /// fixed, names are symbolic). Needed for detectors whose dynamic height
+    /// and width tract cannot type.
+    #[arg(long = "shape", value_parser = parse_shape)]
+    shapes: Vec<(String, Vec<Dim>)>,
+}
+
+fn parse_shape(s: &str) -> Result<(String, Vec<Dim>), String> {
+    let (name, dims) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?}: expected NAME=D1,D2,…"))?;
+    let dims = dims
+        .split(',')
+        .map(|d| {
+            let d = d.trim();
+            match d.parse::<u64>() {
+                Ok(v) => Ok(Dim::Fixed(v)),
+                Err(_)
+                    if !d.is_empty()
+                        && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                {
+                    Ok(Dim::Symbolic(d.to_owned()))
+                }
+                Err(_) => Err(format!(
+                    "{s:?}: dimension {d:?} is neither a number nor a name"
+                )),
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((name.to_owned(), dims))
 }
 
 impl LoadArgs {
@@ -67,6 +97,7 @@ impl LoadArgs {
             strategy: self.strategy,
             use_preoptimized: !self.no_preoptimized,
             target,
+            input_shapes: self.shapes.clone(),
             ..LoadOptions::default()
         })
     }

@@ -30,9 +30,9 @@ fn every_truncation_of_a_model_gets_an_error_not_a_panic() {
     // Cut at many points, including inside the weights and the graph header.
     let mut refused = 0;
     for cut in (0..bytes.len()).step_by(bytes.len() / 97 + 1) {
-        match load(&bytes[..cut]) {
-            Err(_) => refused += 1,
-            Ok(_) => {} // a prefix can be a valid smaller protobuf; it must not panic
+        // A prefix can be a valid smaller protobuf; it must not panic.
+        if load(&bytes[..cut]).is_err() {
+            refused += 1;
         }
     }
     assert!(refused > 90, "only {refused} truncations refused");
