@@ -85,7 +85,7 @@ fn latency(c: &mut Criterion) {
     }
 }
 
-fn package(onnx: &[u8], nnef: bool) -> Vec<u8> {
+fn package(onnx: &[u8], nnef: bool) -> Option<Vec<u8>> {
     let model = Model::from_onnx_bytes(onnx, "m", None, &LoadOptions::default()).unwrap();
     let info = model.info();
     let mut b = PackageBuilder::new(Manifest {
@@ -103,14 +103,20 @@ fn package(onnx: &[u8], nnef: bool) -> Vec<u8> {
     });
     b.add(MODEL_ONNX, onnx.to_vec()).unwrap();
     if nnef {
-        let (bytes, _) = outpost_runtime::preoptimize(onnx, &LoadOptions::default()).unwrap();
+        let (bytes, _) = match outpost_runtime::preoptimize(onnx, &LoadOptions::default()) {
+            Ok(done) => done,
+            Err(e) => {
+                eprintln!("no pre-optimized form: {e}");
+                return None;
+            }
+        };
         b.add(MODEL_NNEF, bytes).unwrap();
         b.manifest_mut().runtime = Some(RuntimeInfo {
             tract_version: outpost_runtime::TRACT_VERSION.into(),
             strategy: None,
         });
     }
-    b.to_bytes().unwrap()
+    Some(b.to_bytes().unwrap())
 }
 
 /// Cold start: from the ONNX member versus from the pre-optimized form.
@@ -118,22 +124,72 @@ fn cold_start(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let mut g = c.benchmark_group("cold_start");
     g.sample_size(20).measurement_time(Duration::from_secs(4));
-    for v in ["cnn_fp32", "cnn_qdq_pc", "cnn_qop"] {
+    for v in VARIANTS {
         let onnx = std::fs::read(fixtures().join(format!("digits/{v}.onnx"))).unwrap();
         for (form, nnef) in [("onnx", false), ("nnef", true)] {
             let path = dir.path().join(format!("{v}-{form}.opk"));
-            std::fs::write(&path, package(&onnx, nnef)).unwrap();
+            let Some(bytes) = package(&onnx, nnef) else {
+                continue;
+            };
+            std::fs::write(&path, bytes).unwrap();
             // A fixed strategy, so the ONNX path is not charged for measuring.
             let opts = LoadOptions {
                 strategy: QuantStrategy::Dequantized,
                 ..LoadOptions::default()
             };
-            g.bench_function(BenchmarkId::new(v, form), |b| {
+            g.bench_function(BenchmarkId::new(*v, form), |b| {
                 b.iter(|| Model::load(&path, &opts).unwrap())
             });
         }
     }
     g.finish();
+    // PP-OCRv4 detection (600+ ONNX nodes), when fetched.
+    let det = cache().join("rapidocr/1.4.4/ch_PP-OCRv4_det_infer.onnx");
+    if det.exists() {
+        let mut g = c.benchmark_group("cold_start_ppocr_det");
+        g.sample_size(10).measurement_time(Duration::from_secs(8));
+        let shape = vec![
+            Dim::Fixed(1),
+            Dim::Fixed(3),
+            Dim::Fixed(320),
+            Dim::Fixed(320),
+        ];
+        let opts = LoadOptions {
+            input_shapes: vec![("x".into(), shape)],
+            ..LoadOptions::default()
+        };
+        let onnx = std::fs::read(&det).unwrap();
+        for (form, nnef) in [("onnx", false), ("nnef", true)] {
+            let model = Model::from_onnx_bytes(&onnx, "det", None, &opts).unwrap();
+            let info = model.info();
+            let mut b = PackageBuilder::new(Manifest {
+                format_version: 1,
+                name: "det".into(),
+                version: "4.0.0".into(),
+                created_at: "2026-11-26T00:00:00Z".into(),
+                format: ModelFormat::Onnx,
+                inputs: info.inputs.clone(),
+                outputs: info.outputs.clone(),
+                target: TargetConstraints::default(),
+                card: ModelCard::default(),
+                runtime: None,
+                members: Default::default(),
+            });
+            b.add(MODEL_ONNX, onnx.clone()).unwrap();
+            if nnef {
+                let (bytes, _) = outpost_runtime::preoptimize(&onnx, &opts).unwrap();
+                b.add(MODEL_NNEF, bytes).unwrap();
+                b.manifest_mut().runtime = Some(RuntimeInfo {
+                    tract_version: outpost_runtime::TRACT_VERSION.into(),
+                    strategy: None,
+                });
+            }
+            let path = dir.path().join(format!("det-{form}.opk"));
+            b.write(&path).unwrap();
+            g.bench_function(form, |b| b.iter(|| Model::load(&path, &opts).unwrap()));
+        }
+        g.finish();
+    }
 }
 
 criterion_group!(benches, latency, cold_start);

@@ -161,8 +161,24 @@ pub(crate) fn recorded_in_nnef(typed: &TypedModel, form: QuantForm) -> StrategyD
     }
 }
 
-/// Builds the model in the strategy asked for, measuring when asked to.
+/// Builds the model in the strategy asked for, measuring when asked to, and
+/// records the choice in the typed model (it travels in the NNEF form).
 pub(crate) fn choose(
+    proto: &ModelProto,
+    form: QuantForm,
+    opts: &LoadOptions,
+    threads: usize,
+    origin: Option<&str>,
+) -> Result<(Prepared, StrategyDecision)> {
+    let (mut prepared, decision) = choose_inner(proto, form, opts, threads, origin)?;
+    prepared.typed.properties.insert(
+        PROPERTY.into(),
+        rctensor0(decision.strategy.as_str().to_owned()),
+    );
+    Ok((prepared, decision))
+}
+
+fn choose_inner(
     proto: &ModelProto,
     form: QuantForm,
     opts: &LoadOptions,

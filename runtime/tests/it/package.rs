@@ -281,3 +281,69 @@ fn package_bytes_are_deterministic() {
         builder(false).to_bytes().unwrap()
     );
 }
+
+#[test]
+fn reference_variants_have_a_preoptimized_form_that_computes_the_same() {
+    let mut failures = vec![];
+    for v in [
+        "mlp_fp32",
+        "mlp_qdq_pt",
+        "mlp_qdq_pc",
+        "mlp_qop",
+        "mlp_dyn",
+        "cnn_fp32",
+        "cnn_qdq_pt",
+        "cnn_qdq_pc",
+        "cnn_qop",
+        "cnn_dyn",
+    ] {
+        let onnx = std::fs::read(fixtures().join(format!("digits/{v}.onnx"))).unwrap();
+        let reference = Model::from_onnx_bytes(&onnx, v, None, &LoadOptions::default()).unwrap();
+        let (nnef, decision) = match outpost_runtime::preoptimize(&onnx, &LoadOptions::default()) {
+            Ok(done) => done,
+            // tract-onnx keeps DynamicQuantizeLinearU8 private, so it cannot
+            // be given an NNEF serializer: a typed error that names it.
+            Err(e) if v.ends_with("_dyn") && e.to_string().contains("DynamicQuantizeLinearU8") => {
+                continue;
+            }
+            Err(e) => {
+                failures.push(format!("{v}: {e}"));
+                continue;
+            }
+        };
+        let mut b = PackageBuilder::new(manifest_for(&reference));
+        b.add(MODEL_ONNX, onnx)
+            .unwrap()
+            .add(MODEL_NNEF, nnef)
+            .unwrap();
+        b.manifest_mut().runtime = Some(outpost_runtime::manifest::RuntimeInfo {
+            tract_version: outpost_runtime::TRACT_VERSION.into(),
+            strategy: None,
+        });
+        let pkg =
+            Package::from_bytes(&b.to_bytes().unwrap(), v, &PackageLimits::default()).unwrap();
+        let fast = match Model::from_package(&pkg, &LoadOptions::default()) {
+            Ok(m) => m,
+            Err(e) => {
+                failures.push(format!("{v}: {e}"));
+                continue;
+            }
+        };
+        assert_eq!(
+            fast.info().source,
+            GraphSource::Nnef,
+            "{v}: {:?}",
+            fast.info().preoptimized_skipped
+        );
+        assert_eq!(fast.info().strategy.strategy, decision.strategy, "{v}");
+        let x = crate::digits::test_x(if v.starts_with("cnn") { "cnn" } else { "mlp" });
+        // Inputs of the digits split lie in [0, 1]; the manifest says so.
+        let a = f32s(&fast.run(vec![x.clone()]).unwrap()[0]);
+        let b = f32s(&reference.run(vec![x]).unwrap()[0]);
+        let diff = max_abs_diff(&a, &b);
+        if diff > 1e-5 {
+            failures.push(format!("{v}: pre-optimized output differs by {diff}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
