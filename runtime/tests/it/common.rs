@@ -63,3 +63,84 @@ pub fn argmax_rows(t: &Tensor) -> Vec<usize> {
         })
         .collect()
 }
+
+/// Tiny helpers to build ONNX graphs in tests.
+pub mod onnx {
+    use tract_onnx::pb;
+
+    pub fn tensor_f32(name: &str, dims: &[i64], fill: f32) -> pb::TensorProto {
+        let n: i64 = dims.iter().product();
+        pb::TensorProto {
+            name: name.into(),
+            dims: dims.to_vec(),
+            data_type: 1,
+            float_data: (0..n).map(|i| fill * ((i % 7) as f32 - 3.0)).collect(),
+            ..Default::default()
+        }
+    }
+
+    pub fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
+        pb::AttributeProto {
+            name: name.into(),
+            r#type: 2,
+            i,
+            ..Default::default()
+        }
+    }
+
+    pub fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+        use pb::tensor_shape_proto::{Dimension, dimension::Value};
+        pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: 1,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|d| Dimension {
+                                value: Some(Value::DimValue(*d)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn value_info_any(name: &str) -> pb::ValueInfoProto {
+        pb::ValueInfoProto {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    pub fn model(
+        node: Vec<pb::NodeProto>,
+        initializer: Vec<pb::TensorProto>,
+        input: Vec<pb::ValueInfoProto>,
+        output: Vec<pb::ValueInfoProto>,
+    ) -> Vec<u8> {
+        use prost::Message;
+        pb::ModelProto {
+            ir_version: 8,
+            opset_import: vec![pb::OperatorSetIdProto {
+                domain: String::new(),
+                version: 17,
+            }],
+            graph: Some(pb::GraphProto {
+                node,
+                initializer,
+                input,
+                output,
+                name: "g".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+}

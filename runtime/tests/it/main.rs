@@ -5,5 +5,6 @@ mod common;
 mod conformance;
 mod digits;
 mod package;
+mod qgemm;
 mod robustness;
 mod thirdparty;

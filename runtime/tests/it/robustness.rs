@@ -81,7 +81,7 @@ fn external_data_is_refused() {
 }
 
 fn lstm_model(direction: &str) -> Vec<u8> {
-    use outpost_test_onnx::*;
+    use crate::common::onnx::*;
     let hidden = 2i64;
     let w = tensor_f32("W", &[1, 4 * hidden, 3], 0.1);
     let r = tensor_f32("R", &[1, 4 * hidden, hidden], 0.2);
@@ -186,83 +186,33 @@ fn asking_for_the_gpu_engine_is_refused_not_silently_downgraded() {
     );
 }
 
-/// Tiny helpers to build ONNX graphs in tests.
-mod outpost_test_onnx {
-    use tract_onnx::pb;
-
-    pub fn tensor_f32(name: &str, dims: &[i64], fill: f32) -> pb::TensorProto {
-        let n: i64 = dims.iter().product();
-        pb::TensorProto {
-            name: name.into(),
-            dims: dims.to_vec(),
-            data_type: 1,
-            float_data: (0..n).map(|i| fill * ((i % 7) as f32 - 3.0)).collect(),
-            ..Default::default()
+#[test]
+fn every_target_profile_in_the_repository_loads() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../targets");
+    let mut names = vec![];
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let p = outpost_runtime::TargetProfile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(p.threads >= 1 && p.threads <= p.cores, "{}", p.name);
+            names.push(p.name);
         }
     }
+    names.sort();
+    assert_eq!(names, ["jetson-orin-nano", "rpi4", "rpi5", "x86_64-server"]);
+}
 
-    pub fn attr_i(name: &str, i: i64) -> pb::AttributeProto {
-        pb::AttributeProto {
-            name: name.into(),
-            r#type: 2,
-            i,
-            ..Default::default()
-        }
-    }
-
-    pub fn value_info(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
-        use pb::tensor_shape_proto::{Dimension, dimension::Value};
-        pb::ValueInfoProto {
-            name: name.into(),
-            r#type: Some(pb::TypeProto {
-                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                    elem_type: 1,
-                    shape: Some(pb::TensorShapeProto {
-                        dim: dims
-                            .iter()
-                            .map(|d| Dimension {
-                                value: Some(Value::DimValue(*d)),
-                                ..Default::default()
-                            })
-                            .collect(),
-                    }),
-                })),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    }
-
-    pub fn value_info_any(name: &str) -> pb::ValueInfoProto {
-        pb::ValueInfoProto {
-            name: name.into(),
-            ..Default::default()
-        }
-    }
-
-    pub fn model(
-        node: Vec<pb::NodeProto>,
-        initializer: Vec<pb::TensorProto>,
-        input: Vec<pb::ValueInfoProto>,
-        output: Vec<pb::ValueInfoProto>,
-    ) -> Vec<u8> {
-        use prost::Message;
-        pb::ModelProto {
-            ir_version: 8,
-            opset_import: vec![pb::OperatorSetIdProto {
-                domain: String::new(),
-                version: 17,
-            }],
-            graph: Some(pb::GraphProto {
-                node,
-                initializer,
-                input,
-                output,
-                name: "g".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-        .encode_to_vec()
-    }
+#[test]
+fn a_bad_target_profile_names_the_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "name='x'\ndescription='d'\narch='x86_64'\ntriple='t'\ncores=2\nmemory_mb=1\npreferred_engine='cpu'\nthreads=8\n",
+    )
+    .unwrap();
+    let err = outpost_runtime::TargetProfile::load(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("threads = 8"), "{err}");
 }
