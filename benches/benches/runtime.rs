@@ -85,10 +85,9 @@ fn latency(c: &mut Criterion) {
     }
 }
 
-fn package(onnx: &[u8], nnef: bool) -> Option<Vec<u8>> {
-    let model = Model::from_onnx_bytes(onnx, "m", None, &LoadOptions::default()).unwrap();
+fn manifest(model: &Model) -> Manifest {
     let info = model.info();
-    let mut b = PackageBuilder::new(Manifest {
+    Manifest {
         format_version: 1,
         name: "bench".into(),
         version: "1.0.0".into(),
@@ -100,7 +99,12 @@ fn package(onnx: &[u8], nnef: bool) -> Option<Vec<u8>> {
         card: ModelCard::default(),
         runtime: None,
         members: Default::default(),
-    });
+    }
+}
+
+fn package(onnx: &[u8], nnef: bool) -> Option<Vec<u8>> {
+    let model = Model::from_onnx_bytes(onnx, "m", None, &LoadOptions::default()).unwrap();
+    let mut b = PackageBuilder::new(manifest(&model));
     b.add(MODEL_ONNX, onnx.to_vec()).unwrap();
     if nnef {
         let (bytes, _) = match outpost_runtime::preoptimize(onnx, &LoadOptions::default()) {
@@ -161,20 +165,7 @@ fn cold_start(c: &mut Criterion) {
         let onnx = std::fs::read(&det).unwrap();
         for (form, nnef) in [("onnx", false), ("nnef", true)] {
             let model = Model::from_onnx_bytes(&onnx, "det", None, &opts).unwrap();
-            let info = model.info();
-            let mut b = PackageBuilder::new(Manifest {
-                format_version: 1,
-                name: "det".into(),
-                version: "4.0.0".into(),
-                created_at: "2026-11-26T00:00:00Z".into(),
-                format: ModelFormat::Onnx,
-                inputs: info.inputs.clone(),
-                outputs: info.outputs.clone(),
-                target: TargetConstraints::default(),
-                card: ModelCard::default(),
-                runtime: None,
-                members: Default::default(),
-            });
+            let mut b = PackageBuilder::new(manifest(&model));
             b.add(MODEL_ONNX, onnx.clone()).unwrap();
             if nnef {
                 let (bytes, _) = outpost_runtime::preoptimize(&onnx, &opts).unwrap();

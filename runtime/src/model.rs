@@ -197,7 +197,7 @@ impl Model {
         let started = Instant::now();
         let mut proto = onnx::decode(bytes, origin)?;
         onnx::normalize_inputs(&mut proto, &opts.input_shapes);
-        Self::from_proto(proto, bytes.len() as u64, name, None, origin, opts, started)
+        Self::from_proto(proto, bytes.len() as u64, name, origin, opts, started)
     }
 
     /// Loads a verified package: its pre-optimized form when present and
@@ -248,7 +248,6 @@ impl Model {
                 proto,
                 onnx_bytes.len() as u64,
                 &m.name,
-                None,
                 origin,
                 opts,
                 started,
@@ -313,7 +312,6 @@ impl Model {
         proto: ModelProto,
         size: u64,
         name: &str,
-        _version: Option<&str>,
         origin: Option<&str>,
         opts: &LoadOptions,
         started: Instant,

@@ -66,71 +66,61 @@ fn quant_params() -> Vec<Parameter> {
     ]
 }
 
+/// Registers an element-wise quantize op `$op` (built by `$ctor(scale,
+/// zero_point: $zp)`) under the NNEF name `$id`.
+macro_rules! register_quantize {
+    ($r:expr, $id:literal, $op:ty, $ctor:path, $zp:ty) => {
+        $r.register_element_wise(
+            $id,
+            TypeId::of::<$op>(),
+            Box::new(|ast: &mut IntoAst<'_>, node: &TypedNode| {
+                let Some(op) = node
+                    .op_as::<ElementWiseOp>()
+                    .and_then(|e| e.0.downcast_ref::<$op>())
+                else {
+                    return Ok(None);
+                };
+                let input = ast.mapping[&node.inputs[0]].clone();
+                let args = [
+                    ("scale", numeric(op.scale)),
+                    ("zero_point", numeric(op.zero_point)),
+                ];
+                Ok(Some(invocation($id, &[input], &args)))
+            }),
+            quant_params(),
+            |builder, invocation| {
+                let input = invocation.named_arg_as(builder, "input")?;
+                let scale: f32 = invocation.named_arg_as(builder, "scale")?;
+                let zero_point: i64 = invocation.named_arg_as(builder, "zero_point")?;
+                let zero_point = <$zp>::try_from(zero_point).map_err(|_| {
+                    format_err!(
+                        "zero point {zero_point} out of range for {}",
+                        stringify!($zp)
+                    )
+                })?;
+                builder.wire($ctor(scale, zero_point), &[input])
+            },
+        )
+    };
+}
+
 fn outpost_registry() -> Registry {
     let mut r = Registry::new("outpost").with_doc(
         "Extension `outpost`: tract's ONNX quantize/dequantize operators (outpost-runtime).",
     );
-    r.register_element_wise(
+    register_quantize!(
+        r,
         "outpost_quantize_linear_u8",
-        TypeId::of::<QuantizeLinearU8>(),
-        Box::new(|ast: &mut IntoAst<'_>, node: &TypedNode| {
-            let Some(op) = node
-                .op_as::<ElementWiseOp>()
-                .and_then(|e| e.0.downcast_ref::<QuantizeLinearU8>())
-            else {
-                return Ok(None);
-            };
-            let input = ast.mapping[&node.inputs[0]].clone();
-            let args = [
-                ("scale", numeric(op.scale)),
-                ("zero_point", numeric(op.zero_point)),
-            ];
-            Ok(Some(invocation(
-                "outpost_quantize_linear_u8",
-                &[input],
-                &args,
-            )))
-        }),
-        quant_params(),
-        |builder, invocation| {
-            let input = invocation.named_arg_as(builder, "input")?;
-            let scale: f32 = invocation.named_arg_as(builder, "scale")?;
-            let zero_point: i64 = invocation.named_arg_as(builder, "zero_point")?;
-            let zero_point = u8::try_from(zero_point)
-                .map_err(|_| format_err!("zero point {zero_point} is not a u8"))?;
-            builder.wire(quantize_linear_u8(scale, zero_point), &[input])
-        },
+        QuantizeLinearU8,
+        quantize_linear_u8,
+        u8
     );
-    r.register_element_wise(
+    register_quantize!(
+        r,
         "outpost_quantize_linear_i8",
-        TypeId::of::<QuantizeLinearI8>(),
-        Box::new(|ast: &mut IntoAst<'_>, node: &TypedNode| {
-            let Some(op) = node
-                .op_as::<ElementWiseOp>()
-                .and_then(|e| e.0.downcast_ref::<QuantizeLinearI8>())
-            else {
-                return Ok(None);
-            };
-            let input = ast.mapping[&node.inputs[0]].clone();
-            let args = [
-                ("scale", numeric(op.scale)),
-                ("zero_point", numeric(op.zero_point)),
-            ];
-            Ok(Some(invocation(
-                "outpost_quantize_linear_i8",
-                &[input],
-                &args,
-            )))
-        }),
-        quant_params(),
-        |builder, invocation| {
-            let input = invocation.named_arg_as(builder, "input")?;
-            let scale: f32 = invocation.named_arg_as(builder, "scale")?;
-            let zero_point: i64 = invocation.named_arg_as(builder, "zero_point")?;
-            let zero_point = i8::try_from(zero_point)
-                .map_err(|_| format_err!("zero point {zero_point} is not an i8"))?;
-            builder.wire(quantize_linear_i8(scale, zero_point), &[input])
-        },
+        QuantizeLinearI8,
+        quantize_linear_i8,
+        i8
     );
     r.register_dumper(
         |ast: &mut IntoAst<'_>, node: &TypedNode, op: &DequantizeLinearF32| {

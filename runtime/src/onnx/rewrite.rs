@@ -123,6 +123,15 @@ fn between_quant(
     fed_by_dq || feeds_q
 }
 
+/// The prefix for names derived from a node: its name, else its first output.
+fn base_name(n: &NodeProto) -> String {
+    if n.name.is_empty() {
+        n.output.first().cloned().unwrap_or_default()
+    } else {
+        n.name.clone()
+    }
+}
+
 struct Ctx<'a> {
     opset: i64,
     constants: &'a Constants,
@@ -263,11 +272,7 @@ impl Ctx<'_> {
     /// Inputs: A, a_scale, a_zp, B, b_scale, b_zp, C?, y_scale?, y_zp?.
     /// C is int32 with scale `alpha * a_scale * b_scale`; Y = alpha·A'B' + C.
     fn qgemm(&mut self, n: &NodeProto) -> Vec<NodeProto> {
-        let base = if n.name.is_empty() {
-            n.output.first().cloned().unwrap_or_default()
-        } else {
-            n.name.clone()
-        };
+        let base = base_name(n);
         let alpha = attr_f(n, "alpha").unwrap_or(1.0);
         let trans_a = attr_i(n, "transA").unwrap_or(0);
         let trans_b = attr_i(n, "transB").unwrap_or(0);
@@ -345,11 +350,7 @@ impl Ctx<'_> {
     /// (ReduceMax and Sub), which ends tract's chain walk, and every node
     /// left is honest about its axes.
     fn decompose_softmax(&mut self, n: &NodeProto) -> Vec<NodeProto> {
-        let base = if n.name.is_empty() {
-            n.output.first().cloned().unwrap_or_default()
-        } else {
-            n.name.clone()
-        };
+        let base = base_name(n);
         let log = n.op_type == "LogSoftmax";
         let x = input(n, 0).unwrap_or_default().to_owned();
         let y = n.output.first().cloned().unwrap_or_default();
@@ -461,11 +462,7 @@ impl Ctx<'_> {
     /// QLinearConv / QLinearMatMul → DequantizeLinear, float Conv/MatMul,
     /// QuantizeLinear (the QDQ form the ONNX spec defines them by).
     fn qlinear(&mut self, n: &NodeProto) -> Vec<NodeProto> {
-        let base = if n.name.is_empty() {
-            n.output.first().cloned().unwrap_or_default()
-        } else {
-            n.name.clone()
-        };
+        let base = base_name(n);
         let conv = n.op_type == "QLinearConv";
         let get = |i| input(n, i).unwrap_or_default().to_owned();
         let (x, x_s, x_zp, w, w_s, w_zp, y_s, y_zp) = (
@@ -529,11 +526,7 @@ impl Ctx<'_> {
     /// accumulators stay below 2^24. Returns `None` (keep the integer op) when
     /// a zero point is per-row and not constant.
     fn integer(&mut self, n: &NodeProto) -> Option<Vec<NodeProto>> {
-        let base = if n.name.is_empty() {
-            n.output.first().cloned().unwrap_or_default()
-        } else {
-            n.name.clone()
-        };
+        let base = base_name(n);
         let conv = n.op_type == "ConvInteger";
         let (a, b) = (input(n, 0)?.to_owned(), input(n, 1)?.to_owned());
         let mut out = vec![];
