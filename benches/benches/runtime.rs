@@ -118,6 +118,7 @@ fn package(onnx: &[u8], nnef: bool) -> Option<Vec<u8>> {
         b.manifest_mut().runtime = Some(RuntimeInfo {
             tract_version: outpost_runtime::TRACT_VERSION.into(),
             strategy: None,
+            measured_on: None,
         });
     }
     Some(b.to_bytes().unwrap())
@@ -173,6 +174,7 @@ fn cold_start(c: &mut Criterion) {
                 b.manifest_mut().runtime = Some(RuntimeInfo {
                     tract_version: outpost_runtime::TRACT_VERSION.into(),
                     strategy: None,
+                    measured_on: None,
                 });
             }
             let path = dir.path().join(format!("det-{form}.opk"));

@@ -58,7 +58,10 @@ pub use tract_onnx::prelude::Tensor;
 
 /// Builds the pre-optimized form of an ONNX model (tract NNEF with tract's
 /// extensions), after the runtime's rewrites and strategy choice, for
-/// `model.nnef.tar` in a package. Returns the bytes and what was chosen.
+/// `model.nnef.tar` in a package. Returns the bytes and what was chosen; a
+/// packer records `decision.strategy.as_str()` and the architecture it ran
+/// on in the manifest's `runtime` table, so a device of the same
+/// architecture loading the ONNX member skips measuring.
 pub fn preoptimize(onnx_bytes: &[u8], opts: &LoadOptions) -> Result<(Vec<u8>, StrategyDecision)> {
     let mut proto = onnx::decode(onnx_bytes, None)?;
     onnx::normalize_inputs(&mut proto, &opts.input_shapes);

@@ -95,6 +95,10 @@ pub struct RuntimeInfo {
     /// Execution strategy chosen when packing (`float`, `integer`, `dequantized`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
+    /// CPU architecture the strategy was measured on. A device of the same
+    /// architecture uses the recorded strategy instead of measuring at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub measured_on: Option<String>,
 }
 
 /// Digest of one member.

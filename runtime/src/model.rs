@@ -244,14 +244,42 @@ impl Model {
             _ => None,
         };
         if model.is_none() {
-            model = Some(Self::from_proto(
+            // A strategy measured at pack time on this architecture saves
+            // measuring again at load.
+            let recorded = m.runtime.as_ref().and_then(|r| {
+                let arch = r.measured_on.as_deref()?;
+                let strategy = match r.strategy.as_deref()? {
+                    "integer" => QuantStrategy::Integer,
+                    "dequantized" => QuantStrategy::Dequantized,
+                    _ => return None,
+                };
+                (arch == std::env::consts::ARCH && opts.strategy == QuantStrategy::Auto)
+                    .then_some((strategy, arch))
+            });
+            let load_opts = match recorded {
+                Some((strategy, _)) => LoadOptions {
+                    strategy,
+                    ..opts.clone()
+                },
+                None => opts.clone(),
+            };
+            let mut loaded = Self::from_proto(
                 proto,
                 onnx_bytes.len() as u64,
                 &m.name,
                 origin,
-                opts,
+                &load_opts,
                 started,
-            )?);
+            )?;
+            if let Some((_, arch)) = recorded {
+                let info = Arc::make_mut(&mut loaded.info);
+                if info.strategy.reason == "requested" {
+                    info.strategy.reason = format!(
+                        "measured when the package was built, on {arch}; recorded in its manifest"
+                    );
+                }
+            }
+            model = Some(loaded);
         }
         let Some(mut model) = model else {
             return Err(Error::malformed(origin, "no loadable model form"));

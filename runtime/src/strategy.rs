@@ -77,7 +77,8 @@ pub enum ExecStrategy {
 }
 
 impl ExecStrategy {
-    fn as_str(self) -> &'static str {
+    /// The spelling used in manifests (`float`, `integer`, `dequantized`).
+    pub fn as_str(self) -> &'static str {
         match self {
             ExecStrategy::Float => "float",
             ExecStrategy::Integer => "integer",

@@ -45,6 +45,7 @@ fn builder(with_nnef: bool) -> PackageBuilder {
         b.manifest_mut().runtime = Some(outpost_runtime::manifest::RuntimeInfo {
             tract_version: outpost_runtime::TRACT_VERSION.into(),
             strategy: Some("float".into()),
+            measured_on: None,
         });
     }
     b
@@ -319,6 +320,7 @@ fn reference_variants_have_a_preoptimized_form_that_computes_the_same() {
         b.manifest_mut().runtime = Some(outpost_runtime::manifest::RuntimeInfo {
             tract_version: outpost_runtime::TRACT_VERSION.into(),
             strategy: None,
+            measured_on: None,
         });
         let pkg =
             Package::from_bytes(&b.to_bytes().unwrap(), v, &PackageLimits::default()).unwrap();
@@ -346,4 +348,52 @@ fn reference_variants_have_a_preoptimized_form_that_computes_the_same() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_strategy_measured_at_pack_time_on_this_architecture_is_used_at_load() {
+    let onnx = std::fs::read(fixtures().join("digits/cnn_qop.onnx")).unwrap();
+    let model = Model::from_onnx_bytes(&onnx, "cnn", None, &LoadOptions::default()).unwrap();
+    let load = |arch: &str| {
+        let mut m = manifest_for(&model);
+        m.runtime = Some(outpost_runtime::manifest::RuntimeInfo {
+            tract_version: outpost_runtime::TRACT_VERSION.into(),
+            // The opposite of what this machine measures, so the test can
+            // tell the recorded choice from a fresh measurement.
+            strategy: Some("integer".into()),
+            measured_on: Some(arch.into()),
+        });
+        let mut b = PackageBuilder::new(m);
+        b.add(MODEL_ONNX, onnx.clone()).unwrap();
+        let pkg = Package::from_bytes(&b.to_bytes().unwrap(), "cnn.opk", &PackageLimits::default())
+            .unwrap();
+        Model::from_package(&pkg, &LoadOptions::default()).unwrap()
+    };
+    let here = load(std::env::consts::ARCH);
+    assert_eq!(
+        here.info().strategy.strategy,
+        outpost_runtime::ExecStrategy::Integer
+    );
+    assert!(
+        here.info()
+            .strategy
+            .reason
+            .contains("recorded in its manifest"),
+        "{}",
+        here.info().strategy.reason
+    );
+    assert!(
+        here.info().strategy.integer_ms.is_none(),
+        "nothing was measured at load"
+    );
+    let elsewhere = load("riscv64");
+    assert!(
+        elsewhere
+            .info()
+            .strategy
+            .reason
+            .starts_with("measured at load"),
+        "{}",
+        elsewhere.info().strategy.reason
+    );
 }
