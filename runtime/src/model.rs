@@ -109,6 +109,7 @@ pub struct Rewrites {
     pub qgemm: usize,
     pub softmax_guarded: usize,
     pub dequantized: usize,
+    pub attention: usize,
 }
 
 impl From<rewrite::RewriteReport> for Rewrites {
@@ -117,6 +118,7 @@ impl From<rewrite::RewriteReport> for Rewrites {
             qgemm: r.qgemm,
             softmax_guarded: r.softmax_guarded,
             dequantized: r.dequantized,
+            attention: r.attention,
         }
     }
 }

@@ -153,10 +153,10 @@ fn print_info(i: &ModelInfo) {
         i.strategy.reason
     );
     let r = &i.rewrites;
-    if r.qgemm + r.softmax_guarded + r.dequantized > 0 {
+    if r.qgemm + r.softmax_guarded + r.dequantized + r.attention > 0 {
         println!(
-            "rewrites     {} QGemm → Gemm, {} Softmax kept in float, {} integer ops dequantized",
-            r.qgemm, r.softmax_guarded, r.dequantized
+            "rewrites     {} QGemm → Gemm, {} Softmax kept in float, {} integer ops dequantized, {} Attention expanded",
+            r.qgemm, r.softmax_guarded, r.dequantized, r.attention
         );
     }
     println!(

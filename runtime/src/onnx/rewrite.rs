@@ -21,6 +21,8 @@ pub(crate) struct RewriteReport {
     /// Integer operators (QLinearConv, QLinearMatMul, MatMulInteger,
     /// ConvInteger) rewritten to float kernels on dequantized weights.
     pub(crate) dequantized: usize,
+    /// Attention (opset 23) nodes expanded into MatMul/Softmax form.
+    pub(crate) attention: usize,
 }
 
 /// Rewrites in place. `dequantize` selects the float execution strategy for
@@ -66,6 +68,7 @@ pub(crate) fn rewrite(model: &mut ModelProto, dequantize: bool) -> RewriteReport
 
     let mut ctx = Ctx {
         opset,
+        types: type_info(graph),
         constants: &constants,
         names: &mut names,
         new_initializers: vec![],
@@ -81,6 +84,13 @@ pub(crate) fn rewrite(model: &mut ModelProto, dequantize: bool) -> RewriteReport
                 ctx.report.qgemm += 1;
                 nodes.extend(ctx.qgemm(&n));
             }
+            "Attention" if default => match ctx.attention(&n) {
+                Some(replacement) => {
+                    ctx.report.attention += 1;
+                    nodes.extend(replacement);
+                }
+                None => nodes.push(n),
+            },
             "Softmax" | "LogSoftmax" if default && between_quant(&n, &producers, &consumers) => {
                 ctx.report.softmax_guarded += 1;
                 nodes.extend(ctx.decompose_softmax(&n));
@@ -132,8 +142,48 @@ fn base_name(n: &NodeProto) -> String {
     }
 }
 
+mod attention;
+
+/// Element type and static dims (`None` where symbolic) of a named tensor,
+/// from graph inputs, value_info and initializers.
+type TypeInfo = HashMap<String, (i32, Option<Vec<Option<i64>>>)>;
+
+fn type_info(graph: &tract_onnx::pb::GraphProto) -> TypeInfo {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value;
+    let mut out = TypeInfo::new();
+    for vi in graph
+        .input
+        .iter()
+        .chain(&graph.value_info)
+        .chain(&graph.output)
+    {
+        if let Some(tract_onnx::pb::type_proto::Value::TensorType(t)) =
+            vi.r#type.as_ref().and_then(|t| t.value.as_ref())
+        {
+            let dims = t.shape.as_ref().map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Value::DimValue(v)) if v >= 0 => Some(v),
+                        _ => None,
+                    })
+                    .collect()
+            });
+            out.insert(vi.name.clone(), (t.elem_type, dims));
+        }
+    }
+    for t in &graph.initializer {
+        out.insert(
+            t.name.clone(),
+            (t.data_type, Some(t.dims.iter().map(|d| Some(*d)).collect())),
+        );
+    }
+    out
+}
+
 struct Ctx<'a> {
     opset: i64,
+    types: TypeInfo,
     constants: &'a Constants,
     names: &'a mut HashSet<String>,
     new_initializers: Vec<TensorProto>,
