@@ -41,9 +41,15 @@ fn latency(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(500));
     for v in VARIANTS {
         let strategies: &[QuantStrategy] = if v.ends_with("qop") || v.ends_with("dyn") {
-            &[QuantStrategy::Integer, QuantStrategy::Dequantized]
-        } else {
+            &[
+                QuantStrategy::Integer,
+                QuantStrategy::Dequantized,
+                QuantStrategy::WeightsOnly,
+            ]
+        } else if v.ends_with("fp32") {
             &[QuantStrategy::Auto]
+        } else {
+            &[QuantStrategy::Auto, QuantStrategy::WeightsOnly]
         };
         for &s in strategies {
             let opts = LoadOptions {
@@ -81,6 +87,50 @@ fn latency(c: &mut Criterion) {
         let mut session = model.session().unwrap();
         let x = Tensor::zero::<f32>(&[1, 3, 320, 320]).unwrap();
         g.bench_function("fp32", |b| b.iter(|| session.run(vec![x.clone()]).unwrap()));
+        g.finish();
+    }
+    // A real model in fp32 and int8: PP-OCR's direction classifier and its
+    // per-channel QDQ quantization (scripts/fetch_rapidocr.py).
+    let dir = cache().join("rapidocr/1.4.4");
+    if dir.join("cls_qdq_pc.onnx").exists() {
+        let mut g = c.benchmark_group("ppocr_cls_48x192");
+        g.measurement_time(Duration::from_secs(4));
+        let shape = vec![
+            Dim::Fixed(1),
+            Dim::Fixed(3),
+            Dim::Fixed(48),
+            Dim::Fixed(192),
+        ];
+        let opts = LoadOptions {
+            input_shapes: vec![("x".into(), shape)],
+            threads: Some(1),
+            ..LoadOptions::default()
+        };
+        let x = npy::read_npy(dir.join("cls_qdq_pc.input.npy")).unwrap();
+        for (label, file, strategy) in [
+            (
+                "fp32",
+                "ch_ppocr_mobile_v2.0_cls_infer.onnx",
+                QuantStrategy::Auto,
+            ),
+            ("int8_qdq_pc", "cls_qdq_pc.onnx", QuantStrategy::Auto),
+            (
+                "int8_qdq_pc_weights_only",
+                "cls_qdq_pc.onnx",
+                QuantStrategy::WeightsOnly,
+            ),
+        ] {
+            let model = Model::load(
+                dir.join(file),
+                &LoadOptions {
+                    strategy,
+                    ..opts.clone()
+                },
+            )
+            .unwrap();
+            let mut session = model.session().unwrap();
+            g.bench_function(label, |b| b.iter(|| session.run(vec![x.clone()]).unwrap()));
+        }
         g.finish();
     }
 }

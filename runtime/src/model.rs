@@ -110,6 +110,7 @@ pub struct Rewrites {
     pub softmax_guarded: usize,
     pub dequantized: usize,
     pub attention: usize,
+    pub activation_qdq_removed: usize,
 }
 
 impl From<rewrite::RewriteReport> for Rewrites {
@@ -119,6 +120,7 @@ impl From<rewrite::RewriteReport> for Rewrites {
             softmax_guarded: r.softmax_guarded,
             dequantized: r.dequantized,
             attention: r.attention,
+            activation_qdq_removed: r.activation_qdq_removed,
         }
     }
 }
@@ -253,6 +255,7 @@ impl Model {
                 let strategy = match r.strategy.as_deref()? {
                     "integer" => QuantStrategy::Integer,
                     "dequantized" => QuantStrategy::Dequantized,
+                    "weights_only" => QuantStrategy::WeightsOnly,
                     _ => return None,
                 };
                 (arch == std::env::consts::ARCH && opts.strategy == QuantStrategy::Auto)

@@ -19,7 +19,8 @@ use crate::engine::Engine;
 use crate::engine::cpu::CpuEngine;
 use crate::error::Result;
 use crate::model::{LoadOptions, Prepared, translate};
-use crate::onnx::{self, rewrite};
+use crate::onnx;
+use crate::onnx::rewrite::{self, Mode};
 
 /// How a model is quantized, read from its operators.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,6 +49,11 @@ pub enum QuantStrategy {
     Integer,
     /// Dequantize int8 weights to float at load.
     Dequantized,
+    /// Dequantize int8 weights at load and compute activations in float,
+    /// dropping activation quantization: as fast as fp32, results differ
+    /// from the quantized model's by its activation rounding. Never chosen
+    /// by `Auto`.
+    WeightsOnly,
 }
 
 impl std::str::FromStr for QuantStrategy {
@@ -57,8 +63,9 @@ impl std::str::FromStr for QuantStrategy {
             "auto" => Ok(QuantStrategy::Auto),
             "integer" => Ok(QuantStrategy::Integer),
             "dequantized" => Ok(QuantStrategy::Dequantized),
+            "weights-only" | "weights_only" => Ok(QuantStrategy::WeightsOnly),
             o => Err(format!(
-                "unknown strategy {o:?} (expected auto, integer or dequantized)"
+                "unknown strategy {o:?} (expected auto, integer, dequantized or weights-only)"
             )),
         }
     }
@@ -74,6 +81,8 @@ pub enum ExecStrategy {
     Integer,
     /// Weights stored int8, dequantized to float at load; float kernels.
     Dequantized,
+    /// As `Dequantized`, and activations computed in float.
+    WeightsOnly,
 }
 
 impl ExecStrategy {
@@ -83,6 +92,7 @@ impl ExecStrategy {
             ExecStrategy::Float => "float",
             ExecStrategy::Integer => "integer",
             ExecStrategy::Dequantized => "dequantized",
+            ExecStrategy::WeightsOnly => "weights_only",
         }
     }
 }
@@ -125,17 +135,10 @@ pub(crate) fn quant_form(proto: &ModelProto) -> QuantForm {
     }
 }
 
-fn prepare(proto: &ModelProto, dequantize: bool, origin: Option<&str>) -> Result<Prepared> {
+fn prepare(proto: &ModelProto, mode: Mode, origin: Option<&str>) -> Result<Prepared> {
     let mut proto = proto.clone();
-    let rewrites = rewrite::rewrite(&mut proto, dequantize);
-    let mut typed = translate(&proto, origin)?;
-    let strategy = match (dequantize, rewrites.dequantized) {
-        (true, n) if n > 0 => ExecStrategy::Dequantized,
-        _ => ExecStrategy::Integer,
-    };
-    typed
-        .properties
-        .insert(PROPERTY.into(), rctensor0(strategy.as_str().to_owned()));
+    let rewrites = rewrite::rewrite(&mut proto, mode);
+    let typed = translate(&proto, origin)?;
     Ok(Prepared {
         typed,
         rewrites,
@@ -152,6 +155,7 @@ pub(crate) fn recorded_in_nnef(typed: &TypedModel, form: QuantForm) -> StrategyD
     let strategy = match (form, recorded.as_deref()) {
         (QuantForm::Float, _) => ExecStrategy::Float,
         (_, Some("integer")) => ExecStrategy::Integer,
+        (_, Some("weights_only")) => ExecStrategy::WeightsOnly,
         _ => ExecStrategy::Dequantized,
     };
     StrategyDecision {
@@ -194,8 +198,18 @@ fn choose_inner(
         integer_ms: None,
         dequantized_ms: None,
     };
+    if opts.strategy == QuantStrategy::WeightsOnly && form != QuantForm::Float {
+        let prepared = prepare(proto, Mode::WeightsOnly, origin)?;
+        let reason = format!(
+            "requested: int8 weights dequantized at load, activations in float ({} activation \
+             quantize/dequantize pairs dropped; results differ from the quantized model's by its \
+             activation rounding)",
+            prepared.rewrites.activation_qdq_removed
+        );
+        return Ok((prepared, decision(ExecStrategy::WeightsOnly, &reason)));
+    }
     if !has_integer {
-        let prepared = prepare(proto, false, origin)?;
+        let prepared = prepare(proto, Mode::Integer, origin)?;
         return Ok(match form {
             QuantForm::Float => (prepared, decision(ExecStrategy::Float, "float model")),
             _ => (
@@ -209,15 +223,16 @@ fn choose_inner(
     }
     match opts.strategy {
         QuantStrategy::Integer => Ok((
-            prepare(proto, false, origin)?,
+            prepare(proto, Mode::Integer, origin)?,
             decision(ExecStrategy::Integer, "requested"),
         )),
-        QuantStrategy::Dequantized => Ok((
-            prepare(proto, true, origin)?,
+        // WeightsOnly reaches here only for float models, handled above.
+        QuantStrategy::Dequantized | QuantStrategy::WeightsOnly => Ok((
+            prepare(proto, Mode::Dequantized, origin)?,
             decision(ExecStrategy::Dequantized, "requested"),
         )),
         QuantStrategy::Auto => {
-            let mut deq = prepare(proto, true, origin)?;
+            let mut deq = prepare(proto, Mode::Dequantized, origin)?;
             let Some(inputs) = bench_inputs(&deq.typed) else {
                 return Ok((
                     deq,
@@ -228,7 +243,7 @@ fn choose_inner(
                     ),
                 ));
             };
-            let mut int = prepare(proto, false, origin)?;
+            let mut int = prepare(proto, Mode::Integer, origin)?;
             let deq_engine = CpuEngine::new(deq.typed.clone(), threads)?;
             let int_engine = CpuEngine::new(int.typed.clone(), threads)?;
             let deq_t = time(&deq_engine, &inputs, None)?;

@@ -44,7 +44,7 @@ pub(crate) struct LoadArgs {
     /// CPU threads.
     #[arg(long)]
     threads: Option<usize>,
-    /// Quantized models: auto (measure), integer or dequantized.
+    /// Quantized models: auto (measure), integer, dequantized or weights-only.
     #[arg(long, default_value = "auto")]
     strategy: QuantStrategy,
     /// Device target profile (targets/*.toml) for engine and threads.

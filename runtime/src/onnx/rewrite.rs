@@ -23,11 +23,29 @@ pub(crate) struct RewriteReport {
     pub(crate) dequantized: usize,
     /// Attention (opset 23) nodes expanded into MatMul/Softmax form.
     pub(crate) attention: usize,
+    /// Activation QuantizeLinear → DequantizeLinear pairs removed
+    /// ([`Mode::WeightsOnly`]).
+    pub(crate) activation_qdq_removed: usize,
 }
 
-/// Rewrites in place. `dequantize` selects the float execution strategy for
-/// integer operators.
-pub(crate) fn rewrite(model: &mut ModelProto, dequantize: bool) -> RewriteReport {
+/// How integer arithmetic is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Leave integer operators to tract's integer kernels.
+    Integer,
+    /// Integer operators become DequantizeLinear + float op + QuantizeLinear:
+    /// the same values, float kernels.
+    Dequantized,
+    /// As `Dequantized`, then activation QuantizeLinear → DequantizeLinear
+    /// pairs are dropped: weights stay int8 in the file and are dequantized
+    /// at load, activations are computed in float. Results differ from the
+    /// quantized model's by its activation rounding.
+    WeightsOnly,
+}
+
+/// Rewrites in place for the execution `mode`.
+pub(crate) fn rewrite(model: &mut ModelProto, mode: Mode) -> RewriteReport {
+    let dequantize = mode != Mode::Integer;
     let opset = default_opset(model);
     let constants = Constants::of(model);
     let Some(graph) = model.graph.as_mut() else {
@@ -111,7 +129,158 @@ pub(crate) fn rewrite(model: &mut ModelProto, dequantize: bool) -> RewriteReport
     }
     graph.node = nodes;
     graph.initializer.extend(ctx.new_initializers);
-    ctx.report
+    let mut report = ctx.report;
+    if mode == Mode::WeightsOnly {
+        report.activation_qdq_removed = drop_activation_qdq(graph, &constants, opset);
+    }
+    report
+}
+
+/// Replaces QuantizeLinear → DequantizeLinear pairs on activations (the
+/// quantized input is not a constant) by the Clip they imply: quantization
+/// saturates to the integer range, and onnxruntime's quantizer relies on
+/// that to fold Relu into the QuantizeLinear (zero point at the bottom of
+/// the range), so the clamp must stay; only the rounding goes. Pairs with a
+/// non-constant or per-axis scale are kept. Returns the number replaced.
+fn drop_activation_qdq(
+    graph: &mut tract_onnx::pb::GraphProto,
+    constants: &Constants,
+    opset: i64,
+) -> usize {
+    let outputs: HashSet<String> = graph.output.iter().map(|o| o.name.clone()).collect();
+    let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
+    for (ix, n) in graph.node.iter().enumerate() {
+        for i in &n.input {
+            consumers.entry(i.clone()).or_default().push(ix);
+        }
+    }
+    let mut remove = HashSet::new();
+    let mut clips: HashMap<usize, Vec<NodeProto>> = HashMap::new();
+    let mut rename: HashMap<String, String> = HashMap::new();
+    let mut new_inits = vec![];
+    for (ix, q) in graph.node.iter().enumerate() {
+        let (Some(x), Some(y)) = (input(q, 0), q.output.first()) else {
+            continue;
+        };
+        if q.op_type != "QuantizeLinear" || constants.tensors.contains_key(x) || outputs.contains(y)
+        {
+            continue;
+        }
+        let users = consumers.get(y).cloned().unwrap_or_default();
+        if users.is_empty()
+            || !users
+                .iter()
+                .all(|&u| graph.node[u].op_type == "DequantizeLinear")
+        {
+            continue;
+        }
+        let Some((lo, hi)) = clip_range(q, constants) else {
+            continue;
+        };
+        let Some(first_out) = graph.node[users[0]].output.first().cloned() else {
+            continue;
+        };
+        let (lo_name, hi_name) = (
+            format!("{first_out}/outpost_clip_lo"),
+            format!("{first_out}/outpost_clip_hi"),
+        );
+        let clip = if opset >= 11 {
+            for (name, v) in [(&lo_name, lo), (&hi_name, hi)] {
+                new_inits.push(TensorProto {
+                    name: name.clone(),
+                    data_type: FLOAT as i32,
+                    float_data: vec![v],
+                    ..Default::default()
+                });
+            }
+            node(
+                format!("{first_out}/outpost_clip"),
+                "Clip",
+                &[x, &lo_name, &hi_name],
+                &[&first_out],
+                vec![],
+            )
+        } else {
+            let attrs = vec![super::float_attr("min", lo), super::float_attr("max", hi)];
+            node(
+                format!("{first_out}/outpost_clip"),
+                "Clip",
+                &[x],
+                &[&first_out],
+                attrs,
+            )
+        };
+        clips.insert(ix, vec![clip]);
+        for u in users {
+            remove.insert(u);
+            if let Some(out) = graph.node[u].output.first().filter(|o| **o != first_out) {
+                rename.insert(out.clone(), first_out.clone());
+            }
+        }
+    }
+    let pairs = clips.len();
+    let mut kept: Vec<NodeProto> = vec![];
+    for (ix, mut n) in std::mem::take(&mut graph.node).into_iter().enumerate() {
+        if let Some(clip) = clips.remove(&ix) {
+            kept.extend(clip);
+            continue;
+        }
+        if remove.contains(&ix) {
+            continue;
+        }
+        for i in &mut n.input {
+            if let Some(r) = rename.get(i) {
+                *i = r.clone();
+            }
+        }
+        kept.push(n);
+    }
+    for o in &graph.output {
+        if let Some(src) = rename.get(&o.name) {
+            kept.push(node(
+                format!("{}/outpost_identity", o.name),
+                "Identity",
+                &[src],
+                &[&o.name],
+                vec![],
+            ));
+        }
+    }
+    graph.node = kept;
+    graph.initializer.extend(new_inits);
+    pairs
+}
+
+/// The float range a per-tensor QuantizeLinear saturates to:
+/// `[(qmin − zp)·scale, (qmax − zp)·scale]`.
+fn clip_range(q: &NodeProto, constants: &Constants) -> Option<(f32, f32)> {
+    let scale_t = constants.tensors.get(input(q, 1)?)?;
+    if scale_t.dims.iter().product::<i64>() != 1 {
+        return None;
+    }
+    let scale = match (scale_t.float_data.first(), scale_t.raw_data.get(..4)) {
+        (Some(f), _) => *f,
+        (None, Some(b)) if scale_t.data_type == FLOAT as i32 => {
+            f32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+        _ => return None,
+    };
+    let (zp, qmin, qmax) = match input(q, 2) {
+        None => (0, 0, 255),
+        Some(z) => {
+            let t = constants.tensors.get(z)?;
+            if t.dims.iter().product::<i64>() != 1 {
+                return None;
+            }
+            let v = *super::int_values(t)?.first()?;
+            match t.data_type {
+                2 => (v, 0, 255),
+                3 => (v, -128, 127),
+                _ => return None,
+            }
+        }
+    };
+    Some((((qmin - zp) as f32) * scale, ((qmax - zp) as f32) * scale))
 }
 
 /// Is this node fed by a DequantizeLinear or feeding only QuantizeLinear ops?

@@ -266,3 +266,54 @@ fn threads_from_a_target_profile_give_the_same_answer() {
     let b = f32s(&single.run(vec![x]).unwrap()[0]);
     assert!(max_abs_diff(&a, &b) < 1e-5);
 }
+
+/// The weights-only strategy (opt-in) drops activation quantization: it must
+/// still classify as well as the float model it was quantized from.
+#[test]
+fn weights_only_strategy_keeps_accuracy_and_drops_activation_quantization() {
+    let fp32_acc = |model: &str| {
+        let m = Model::load(
+            fixtures().join(format!("digits/{model}_fp32.onnx")),
+            &LoadOptions::default(),
+        )
+        .unwrap();
+        accuracy(
+            &argmax_rows(&m.run(vec![test_x(model)]).unwrap()[0]),
+            &test_y(),
+        )
+    };
+    for v in variants().iter().filter(|v| v.form != "fp32") {
+        let opts = LoadOptions {
+            strategy: QuantStrategy::WeightsOnly,
+            ..LoadOptions::default()
+        };
+        let m = Model::load(fixtures().join(format!("digits/{}.onnx", v.name)), &opts).unwrap();
+        assert_eq!(
+            m.info().strategy.strategy,
+            ExecStrategy::WeightsOnly,
+            "{}",
+            v.name
+        );
+        if v.form != "dyn" {
+            assert!(
+                m.info().rewrites.activation_qdq_removed > 0,
+                "{}: nothing removed",
+                v.name
+            );
+        }
+        let acc = accuracy(
+            &argmax_rows(&m.run(vec![test_x(&v.model)]).unwrap()[0]),
+            &test_y(),
+        );
+        let reference = fp32_acc(&v.model);
+        eprintln!(
+            "{:<11} weights-only accuracy {acc:.2}% (fp32 {reference:.2}%, int8 reference {:.2}%)",
+            v.name, v.accuracy_ref
+        );
+        assert!(
+            (acc - reference).abs() <= 1.0,
+            "{}: weights-only accuracy {acc} vs fp32 {reference}",
+            v.name
+        );
+    }
+}
