@@ -15,6 +15,12 @@ command -v aarch64-linux-gnu-gcc >/dev/null || aarch64_missing="aarch64-linux-gn
 command -v qemu-aarch64-static >/dev/null || aarch64_missing="qemu-aarch64-static (apt install qemu-user-static)"
 rustup target list --installed 2>/dev/null | grep -qx aarch64-unknown-linux-gnu \
   || aarch64_missing="the Rust target (rustup target add aarch64-unknown-linux-gnu)"
+if [[ -n "${OUTPOST_AARCH64_UNAVAILABLE:-}" ]]; then
+  # CI could not install the cross toolchain (no network to it, say): the
+  # issue asks to print why and go on rather than fail the whole run.
+  echo "SKIPPED aarch64 tests: ${OUTPOST_AARCH64_UNAVAILABLE}"
+  exit 0
+fi
 if [[ -n "$aarch64_missing" ]]; then
   if [[ "${OUTPOST_REQUIRE_ALL:-}" == 1 ]]; then
     echo "aarch64 tests: missing $aarch64_missing, and OUTPOST_REQUIRE_ALL=1" >&2
