@@ -214,6 +214,11 @@ impl Model {
         let onnx_bytes = pkg.model_bytes()?;
         let mut proto = onnx::decode(onnx_bytes, origin)?;
         onnx::normalize_inputs(&mut proto, &opts.input_shapes);
+        // Checked before either form is used: a package whose model is
+        // refused is refused whatever pre-optimized form it carries, and an
+        // explicit GPU request is never served by the CPU.
+        guard::check(&proto, origin)?;
+        check_engine(opts)?;
         let mut skipped = None;
         let mut model = match (opts.use_preoptimized, pkg.preoptimized()) {
             (true, Some(nnef_bytes)) => {

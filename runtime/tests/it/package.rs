@@ -397,3 +397,17 @@ fn a_strategy_measured_at_pack_time_on_this_architecture_is_used_at_load() {
         elsewhere.info().strategy.reason
     );
 }
+
+/// Regression: the pre-optimized path skipped the engine check, so an
+/// explicit GPU request was served by the CPU.
+#[test]
+fn a_gpu_request_is_refused_for_packages_with_a_preoptimized_form_too() {
+    let bytes = builder(true).to_bytes().unwrap();
+    let pkg = Package::from_bytes(&bytes, "mlp.opk", &PackageLimits::default()).unwrap();
+    let opts = LoadOptions {
+        engine: Some(outpost_runtime::EngineKind::Gpu),
+        ..LoadOptions::default()
+    };
+    let err = Model::from_package(&pkg, &opts).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+}
