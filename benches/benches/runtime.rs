@@ -24,6 +24,11 @@ const VARIANTS: &[&str] = &[
     "cnn_dyn",
 ];
 
+/// PaddleOCR models need a fixed input size (`x`) to load in tract.
+fn fixed_x(dims: &[u64]) -> Vec<(String, Vec<Dim>)> {
+    vec![("x".into(), dims.iter().map(|&d| Dim::Fixed(d)).collect())]
+}
+
 fn one_image(cnn: bool) -> Tensor {
     let x = npy::read_npy(fixtures().join("digits/digits_test_x.npy")).unwrap();
     let x = x.slice(0, 0, 1).unwrap();
@@ -72,14 +77,8 @@ fn latency(c: &mut Criterion) {
     if det.exists() {
         let mut g = c.benchmark_group("ppocr_det_320");
         g.sample_size(10).measurement_time(Duration::from_secs(5));
-        let shape = vec![
-            Dim::Fixed(1),
-            Dim::Fixed(3),
-            Dim::Fixed(320),
-            Dim::Fixed(320),
-        ];
         let opts = LoadOptions {
-            input_shapes: vec![("x".into(), shape)],
+            input_shapes: fixed_x(&[1, 3, 320, 320]),
             threads: Some(1),
             ..LoadOptions::default()
         };
@@ -95,14 +94,8 @@ fn latency(c: &mut Criterion) {
     if dir.join("cls_qdq_pc.onnx").exists() {
         let mut g = c.benchmark_group("ppocr_cls_48x192");
         g.measurement_time(Duration::from_secs(4));
-        let shape = vec![
-            Dim::Fixed(1),
-            Dim::Fixed(3),
-            Dim::Fixed(48),
-            Dim::Fixed(192),
-        ];
         let opts = LoadOptions {
-            input_shapes: vec![("x".into(), shape)],
+            input_shapes: fixed_x(&[1, 3, 48, 192]),
             threads: Some(1),
             ..LoadOptions::default()
         };
@@ -203,14 +196,8 @@ fn cold_start(c: &mut Criterion) {
     if det.exists() {
         let mut g = c.benchmark_group("cold_start_ppocr_det");
         g.sample_size(10).measurement_time(Duration::from_secs(8));
-        let shape = vec![
-            Dim::Fixed(1),
-            Dim::Fixed(3),
-            Dim::Fixed(320),
-            Dim::Fixed(320),
-        ];
         let opts = LoadOptions {
-            input_shapes: vec![("x".into(), shape)],
+            input_shapes: fixed_x(&[1, 3, 320, 320]),
             ..LoadOptions::default()
         };
         let onnx = std::fs::read(&det).unwrap();

@@ -201,6 +201,8 @@ impl Model {
         let started = Instant::now();
         let mut proto = onnx::decode(bytes, origin)?;
         onnx::normalize_inputs(&mut proto, &opts.input_shapes);
+        guard::check(&proto, origin)?;
+        check_engine(opts)?;
         Self::from_proto(proto, bytes.len() as u64, name, origin, opts, started)
     }
 
@@ -229,7 +231,6 @@ impl Model {
                             nnef_bytes,
                             onnx_bytes.len() as u64,
                             &m.name,
-                            origin,
                             opts,
                             started,
                         ) {
@@ -320,7 +321,6 @@ impl Model {
         nnef_bytes: &[u8],
         size: u64,
         name: &str,
-        origin: Option<&str>,
         opts: &LoadOptions,
         started: Instant,
     ) -> Result<Model> {
@@ -337,7 +337,6 @@ impl Model {
             prepared,
             size,
             name,
-            origin,
             opts,
             started,
             form,
@@ -354,8 +353,6 @@ impl Model {
         opts: &LoadOptions,
         started: Instant,
     ) -> Result<Model> {
-        guard::check(&proto, origin)?;
-        check_engine(opts)?;
         let form = strategy::quant_form(&proto);
         let (prepared, decision) = strategy::choose(&proto, form, opts, opts.threads(), origin)?;
         Self::finish(
@@ -363,7 +360,6 @@ impl Model {
             prepared,
             size,
             name,
-            origin,
             opts,
             started,
             form,
@@ -378,7 +374,6 @@ impl Model {
         prepared: Prepared,
         size: u64,
         name: &str,
-        _origin: Option<&str>,
         opts: &LoadOptions,
         started: Instant,
         form: QuantForm,

@@ -17,6 +17,18 @@ pub fn cache() -> PathBuf {
     }
 }
 
+/// The newest fully written folder under `cache()/sub` (the generating
+/// scripts stamp a finished one with `.complete`).
+pub fn latest_complete(sub: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(cache().join(sub))
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(".complete").exists())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
 /// Tests that need something optional skip with a printed reason, except
 /// in CI (`OUTPOST_REQUIRE_ALL=1`), where a missing prerequisite fails.
 pub fn skip_or_fail(reason: &str) {

@@ -20,7 +20,7 @@ use outpost_runtime::{Error, LoadOptions, Model, QuantStrategy, Tensor, Unsuppor
 use prost::Message;
 use tract_onnx::pb;
 
-use crate::common::{cache, skip_or_fail};
+use crate::common::{latest_complete, skip_or_fail};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Outcome {
@@ -47,14 +47,7 @@ const DEFAULT_TOL: Tolerance = Tolerance {
 };
 
 fn suite_dir() -> Option<PathBuf> {
-    let root = cache().join("onnx-node-tests");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(".complete").exists())
-        .collect();
-    dirs.sort();
-    dirs.pop()
+    latest_complete("onnx-node-tests")
 }
 
 fn list(name: &str) -> BTreeMap<String, Tolerance> {

@@ -7,17 +7,10 @@ use std::path::PathBuf;
 
 use outpost_runtime::{Dim, LoadOptions, Model, npy};
 
-use crate::common::{cache, f32s, max_abs_diff, skip_or_fail};
+use crate::common::{f32s, latest_complete, max_abs_diff, skip_or_fail};
 
 fn dir() -> Option<PathBuf> {
-    let root = cache().join("rapidocr");
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(".complete").exists())
-        .collect();
-    dirs.sort();
-    dirs.pop()
+    latest_complete("rapidocr")
 }
 
 /// Runs `stem.onnx` on `stem.input.npy`; returns (ours, golden) for `golden`.
