@@ -2,9 +2,12 @@
 //! server exchange over MQTT (ARCHITECTURE §7) and the Uptane-style signing
 //! of models and deployment directives (§8).
 //!
-//! Built so far: [`topic`] (topic builder and parser, device-id validation)
-//! and [`codec`] (version byte + postcard, JSON, size-limited decoders).
-//! The message types and the trust layer follow in the protocol issue.
+//! - [`topic`]: topic builder and parser, device-id validation;
+//! - [`codec`]: version byte + postcard, JSON, size-limited decoders;
+//! - [`messages`]: the payload of every topic, [`messages::DeviceMessage`]
+//!   to decode one by the topic it arrived on;
+//! - [`trust`]: root, release and director metadata, the device's
+//!   verifier, and key tooling.
 //!
 //! ```
 //! use outpost_protocol::topic::{DeviceId, TopicKind, Topics};
@@ -18,5 +21,8 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod bytes;
 pub mod codec;
+pub mod messages;
 pub mod topic;
+pub mod trust;

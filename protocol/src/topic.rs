@@ -14,8 +14,41 @@ pub const DEFAULT_PREFIX: &str = "outpost/v1";
 pub const MAX_DEVICE_ID_LEN: usize = 128;
 
 /// A validated device id: 1–128 bytes of `A–Z a–z 0–9 - _ . :`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Deserializing validates too, so a message can never carry an id that
+/// could not be put in a topic.
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
 pub struct DeviceId(String);
+
+impl TryFrom<String> for DeviceId {
+    type Error = TopicError;
+    fn try_from(s: String) -> Result<Self, TopicError> {
+        DeviceId::new(s)
+    }
+}
+
+impl From<DeviceId> for String {
+    fn from(id: DeviceId) -> String {
+        id.0
+    }
+}
+
+#[cfg(feature = "arbitrary")]
+impl<'a> arbitrary::Arbitrary<'a> for DeviceId {
+    fn arbitrary(u: &mut arbitrary::Unstructured<'a>) -> arbitrary::Result<Self> {
+        const ALPHABET: &[u8] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.:";
+        let len = u.int_in_range(1..=24)?;
+        let mut id = String::with_capacity(len);
+        for _ in 0..len {
+            id.push(char::from(*u.choose(ALPHABET)?));
+        }
+        Ok(DeviceId(id))
+    }
+}
 
 /// Why a device id or a topic was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,5 +1,4 @@
 //! Topics and payload codec: validation, round trips, hostile bytes.
-#![allow(clippy::unwrap_used)]
 
 use outpost_protocol::codec::{self, DecodeError, WIRE_VERSION};
 use outpost_protocol::topic::{DeviceId, TopicError, TopicKind, Topics};
