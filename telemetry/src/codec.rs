@@ -1,0 +1,81 @@
+//! Byte encoding shared by profiles and references: one format-version byte,
+//! then postcard (the same framing as the protocol's payloads, ARCHITECTURE §7).
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::DecodeError;
+
+/// Format version of every encoding this crate writes.
+pub(crate) const FORMAT_VERSION: u8 = 1;
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    let mut out = vec![FORMAT_VERSION];
+    // Serializing into a Vec cannot fail for these types (no maps with
+    // non-string-like keys, no unsized sequences); an empty body would be
+    // rejected on decode, so a failure can never pass as a valid profile.
+    if let Ok(body) = postcard::to_extend(value, Vec::new()) {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            what,
+            len: bytes.len(),
+            limit,
+        });
+    }
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty { what })?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            what,
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|source| DecodeError::Postcard { what, source })?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Postcard {
+            what,
+            source: postcard::Error::DeserializeBadEncoding,
+        });
+    }
+    Ok(value)
+}
+
+/// FNV-1a, 64-bit: a stable, dependency-free fingerprint for references.
+/// Not a security hash: it only tells honest mismatches apart (the package
+/// signature protects the reference itself).
+#[derive(Debug)]
+pub(crate) struct Fnv64(u64);
+
+impl Fnv64 {
+    pub(crate) fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    pub(crate) fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    /// Writes a length-prefixed string so that ("ab","c") ≠ ("a","bc").
+    pub(crate) fn write_str(&mut self, s: &str) {
+        self.write(&(s.len() as u64).to_le_bytes());
+        self.write(s.as_bytes());
+    }
+
+    pub(crate) fn finish(&self) -> u64 {
+        self.0
+    }
+}
