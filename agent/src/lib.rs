@@ -1,6 +1,245 @@
-//! The Outpost device agent: a sans-IO core (update state machine, slots,
-//! probation) and a tokio shell (MQTT, local HTTP API, store), ARCHITECTURE §6.
+//! The Outpost device agent (ARCHITECTURE §6): serves verified models to
+//! local apps over HTTP, reports to the fleet over MQTT, and (with the
+//! update half) installs signed models.
 //!
-//! This crate is laid out by the workspace issue and filled by the agent
-//! issues; it has no public items yet.
+//! This build has the serving half: config, first-boot verification of
+//! the configured packages against the pinned trust root, the local API
+//! with circuit breaker and out-of-distribution fallback, Prometheus
+//! metrics, and MQTT birth / death / state / events with signed commands
+//! verified (rebirth acted on). Telemetry windows and the update machine
+//! come with their issues.
 #![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod mqtt;
+pub mod requests;
+pub mod serve;
+pub mod store;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use outpost_protocol::messages::Command;
+use outpost_protocol::trust::{Decision, DeviceIdentity, TrustError, TrustState, Verifier};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::config::AgentConfig;
+use crate::serve::{LoadContext, LoadedModel, ModelHost};
+use crate::store::{Opened, Store};
+
+/// Everything the API and the MQTT side share.
+#[derive(Debug)]
+pub struct AgentState {
+    pub config: AgentConfig,
+    pub host: ModelHost,
+    pub requests: Mutex<requests::Requests>,
+    pub metrics: metrics::Metrics,
+    pub verifier: Verifier,
+    pub trust: RwLock<TrustState>,
+    pub store: Store,
+    pub mqtt_connected: AtomicBool,
+    session: AtomicU64,
+    /// Event numbers when the store cannot give one (it never goes back:
+    /// the store's counter is tried first).
+    fallback_event_seq: AtomicU64,
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub(crate) fn jitter_seed() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(1);
+    (t ^ (u64::from(std::process::id()) << 32)) | 1
+}
+
+/// Why the agent would not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    #[error(transparent)]
+    Trust(#[from] store::TrustStoreError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Model(#[from] Box<serve::LoadError>),
+    #[error("local API: cannot listen on {addr}: {reason}")]
+    Bind { addr: String, reason: String },
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::MqttSetupError),
+}
+
+impl AgentState {
+    /// Opens the store and the trust state, and verifies and loads every
+    /// configured model. Any failure stops the start: no half-start.
+    pub fn start(config: AgentConfig) -> Result<AgentState, StartError> {
+        let trust = store::load_trust(&config.data_dir, &config.trust_root)?;
+        let (store, opened) = Store::open(&config.data_dir)?;
+        let metrics = metrics::Metrics::default();
+        if let Opened::Recreated { moved_to, reason } = &opened {
+            tracing::error!(moved_to = %moved_to.display(), %reason, "store did not open; recreated");
+            metrics.store_recreated.inc();
+        }
+        let verifier = Verifier::new(DeviceIdentity {
+            id: config.device_id.clone(),
+            arch: config.target.arch.clone(),
+            memory_mb: config.target.memory_mb,
+            engines: std::iter::once("cpu".to_owned())
+                .chain((!config.target.accelerators.is_empty()).then(|| "gpu".to_owned()))
+                .collect(),
+            cohorts: vec![],
+        });
+        let host = ModelHost::default();
+        let ctx = LoadContext {
+            state: &trust,
+            verifier: &verifier,
+            target: &config.target,
+            now_unix: unix_now(),
+            breaker: &config.breaker,
+        };
+        for m in &config.models {
+            let loaded =
+                LoadedModel::load_verified(&m.package, &m.release, &ctx, m.fallback.clone())
+                    .map_err(Box::new)?;
+            tracing::info!(model = %loaded.name, version = %loaded.version, "verified and loaded");
+            host.activate(loaded);
+        }
+        Ok(AgentState {
+            requests: Mutex::new(requests::Requests::new(config.api.max_pending)),
+            config,
+            host,
+            metrics,
+            verifier,
+            trust: RwLock::new(trust),
+            store,
+            mqtt_connected: AtomicBool::new(false),
+            session: AtomicU64::new(0),
+            fallback_event_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// A new session number (persisted before use).
+    pub fn new_session(&self) -> u64 {
+        let n = self
+            .store
+            .next_session()
+            .unwrap_or_else(|_| self.session.load(Ordering::SeqCst) + 1);
+        self.session.store(n, Ordering::SeqCst);
+        n
+    }
+
+    pub fn session(&self) -> u64 {
+        self.session.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn next_event_seq(&self) -> u64 {
+        match self.store.next_event_seq() {
+            Ok(n) => n,
+            Err(_) => self.fallback_event_seq.fetch_add(1, Ordering::SeqCst) + 1,
+        }
+    }
+
+    /// `(root version, last directive sequence)`.
+    pub fn trust_summary(&self) -> (u64, u64) {
+        self.trust
+            .read()
+            .map(|t| (t.root.version, t.last_sequence))
+            .unwrap_or((0, 0))
+    }
+
+    /// Verifies a command; on success persists the advanced trust state
+    /// before returning it (so a crash never forgets an accepted sequence).
+    pub fn decide(&self, cmd: &Command) -> Result<Decision, TrustError> {
+        let mut trust = match self.trust.write() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        let d = self
+            .verifier
+            .decide(&trust, &cmd.directive, cmd.release.as_ref(), unix_now())?;
+        if let Err(e) = store::save_trust(&self.config.data_dir, &d.state) {
+            // Not persisted: do not act, so the sequence is not used twice.
+            tracing::error!(error = %e, "cannot persist the trust state");
+            return Err(TrustError::Replay {
+                sequence: d.directive.sequence,
+                last: trust.last_sequence,
+            });
+        }
+        *trust = d.state.clone();
+        Ok(d)
+    }
+
+    /// What `GET /v1/status` and `outpost-agent status` show.
+    pub fn status_json(&self) -> serde_json::Value {
+        let (root_version, last_directive) = self.trust_summary();
+        let models: Vec<_> = self
+            .host
+            .list()
+            .into_iter()
+            .map(|(a, p)| {
+                json!({
+                    "name": a.name,
+                    "version": a.version,
+                    "sha256": a.sha256.to_hex(),
+                    "breaker_open": a.breaker_open(),
+                    "fallback": format!("{:?}", a.fallback),
+                    "previous": p.map(|p| p.version.clone()),
+                })
+            })
+            .collect();
+        json!({
+            "device_id": self.config.device_id.as_str(),
+            "target": self.config.target.name,
+            "session": self.session(),
+            "mqtt_connected": self.mqtt_connected.load(Ordering::SeqCst),
+            "trust": {"root_version": root_version, "last_directive": last_directive},
+            "models": models,
+        })
+    }
+}
+
+/// Runs the agent until `shutdown` turns true: the local API and the MQTT
+/// side. Returns the bound API address through `bound` as soon as it
+/// listens (tests bind port 0).
+pub async fn run(
+    state: Arc<AgentState>,
+    shutdown: watch::Receiver<bool>,
+    bound: Option<tokio::sync::oneshot::Sender<std::net::SocketAddr>>,
+) -> Result<(), StartError> {
+    let addr = state.config.api.bind;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Bind {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    let local = listener.local_addr().map_err(|e| StartError::Bind {
+        addr: addr.to_string(),
+        reason: e.to_string(),
+    })?;
+    tracing::info!(%local, "local API listening");
+    if let Some(tx) = bound {
+        let _ = tx.send(local);
+    }
+    let mut api_shutdown = shutdown.clone();
+    let api =
+        axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(async move {
+            let _ = api_shutdown.wait_for(|s| *s).await;
+        });
+    let mqtt = mqtt::run(state, shutdown);
+    let (api_result, mqtt_result) = tokio::join!(api, mqtt);
+    if let Err(e) = api_result {
+        tracing::error!(error = %e, "local API stopped");
+    }
+    mqtt_result?;
+    Ok(())
+}

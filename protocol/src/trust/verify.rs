@@ -227,7 +227,7 @@ impl Verifier {
                         release: Box::new(meta.reference()),
                     });
                 }
-                self.check_constraints(&meta)?;
+                self.check_target(&meta)?;
                 Some(meta)
             }
         };
@@ -260,7 +260,9 @@ impl Verifier {
         })
     }
 
-    fn check_constraints(&self, t: &TargetMeta) -> Result<(), TrustError> {
+    /// Checks that a release-signed target can run on this device (arch,
+    /// memory, engine).
+    pub fn check_target(&self, t: &TargetMeta) -> Result<(), TrustError> {
         let c = &t.constraints;
         let me = &self.identity;
         let reason = if !c.arch.is_empty() && !c.arch.contains(&me.arch) {

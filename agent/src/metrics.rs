@@ -1,0 +1,124 @@
+//! `GET /metrics`: Prometheus text exposition (prometheus-client).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub model: String,
+    /// ok, fallback_default, fallback_previous, bad_input, ood, unavailable,
+    /// engine_error, unknown_model.
+    pub outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FeedbackLabels {
+    pub model: String,
+    pub version: String,
+    /// "true" or "false".
+    pub correct: String,
+}
+
+type HistogramFamily = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: HistogramFamily,
+    pub feedback: Family<FeedbackLabels, Counter>,
+    pub breaker_open: Family<ModelLabels, Gauge>,
+    pub mqtt_connected: Gauge,
+    pub mqtt_reconnects: Counter,
+    pub store_recreated: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs … ~1.6 s in 16 doublings.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 16))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("outpost_agent");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        let feedback = Family::<FeedbackLabels, Counter>::default();
+        let breaker_open = Family::<ModelLabels, Gauge>::default();
+        let mqtt_connected = Gauge::default();
+        let mqtt_reconnects = Counter::default();
+        let store_recreated = Counter::default();
+        registry.register(
+            "inference_requests",
+            "Inference requests by model and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "inference_latency_seconds",
+            "Inference latency (engine call, including retries)",
+            latency.clone(),
+        );
+        registry.register(
+            "feedback",
+            "Ground-truth labels received, by whether the prediction was correct",
+            feedback.clone(),
+        );
+        registry.register(
+            "breaker_open",
+            "1 while a model's circuit breaker is open",
+            breaker_open.clone(),
+        );
+        registry.register(
+            "mqtt_connected",
+            "1 while connected to the broker",
+            mqtt_connected.clone(),
+        );
+        registry.register(
+            "mqtt_reconnects",
+            "Broker connections lost",
+            mqtt_reconnects.clone(),
+        );
+        registry.register(
+            "store_recreated",
+            "Times the store failed to open and was recreated",
+            store_recreated.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            feedback,
+            breaker_open,
+            mqtt_connected,
+            mqtt_reconnects,
+            store_recreated,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub fn request(&self, model: &str, outcome: &str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}

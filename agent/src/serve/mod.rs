@@ -1,0 +1,432 @@
+//! Serving: verified models by name, inference behind a circuit breaker
+//! with bounded retries, and the out-of-distribution fallback.
+
+pub mod breaker;
+pub mod tensor;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use outpost_protocol::bytes::Sha256;
+use outpost_protocol::codec;
+use outpost_protocol::trust::{
+    MAX_METADATA_BYTES, ReleaseMetadata, Signed, TrustError, TrustState, Verifier, check_reader,
+};
+use outpost_runtime::{InputError, LoadOptions, Model, TargetProfile, Tensor};
+
+use crate::config::{BreakerConfig, Fallback};
+use breaker::{Admit, Breaker};
+
+/// Why a model could not be brought up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    #[error("{path}: {reason}")]
+    Read { path: String, reason: String },
+    /// The release metadata or the package failed a trust check.
+    #[error("{path}: {source}")]
+    Trust { path: String, source: TrustError },
+    /// The package's digest is in no target of its release metadata.
+    #[error("{path}: sha256 {sha256} is not a target of its release metadata")]
+    NotReleased { path: String, sha256: Sha256 },
+    /// The runtime refused the package.
+    #[error("{path}: {source}")]
+    Runtime {
+        path: String,
+        source: Box<outpost_runtime::Error>,
+    },
+}
+
+/// What verifying and loading a model needs to know.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadContext<'a> {
+    pub state: &'a TrustState,
+    pub verifier: &'a Verifier,
+    pub target: &'a TargetProfile,
+    pub now_unix: u64,
+    pub breaker: &'a BreakerConfig,
+}
+
+/// A verified, loaded model.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub name: String,
+    pub version: String,
+    pub sha256: Sha256,
+    pub model: Model,
+    pub fallback: Fallback,
+    breaker: Mutex<Breaker>,
+    retries: u32,
+}
+
+impl LoadedModel {
+    /// Verifies `package` against its signed `release` metadata under the
+    /// trust state (signatures, expiry, digest, length, constraints), then
+    /// loads it for `target`.
+    pub fn load_verified(
+        package: &Path,
+        release: &Path,
+        ctx: &LoadContext<'_>,
+        fallback: Fallback,
+    ) -> Result<LoadedModel, LoadError> {
+        let LoadContext {
+            state,
+            verifier,
+            target,
+            now_unix,
+            breaker,
+        } = *ctx;
+        let ppath = package.display().to_string();
+        let rpath = release.display().to_string();
+        let read = |p: &Path, path: &str| {
+            std::fs::read(p).map_err(|e| LoadError::Read {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
+        };
+        let signed: Signed<ReleaseMetadata> =
+            codec::decode(&read(release, &rpath)?, MAX_METADATA_BYTES).map_err(|e| {
+                LoadError::Read {
+                    path: rpath.clone(),
+                    reason: format!("not signed release metadata: {e}"),
+                }
+            })?;
+        let verified = verifier
+            .verify_release(state, &signed, now_unix)
+            .map_err(|source| LoadError::Trust {
+                path: rpath.clone(),
+                source,
+            })?;
+        let bytes = read(package, &ppath)?;
+        let sha256 = Sha256::of(&bytes);
+        let target_meta = verified
+            .metadata()
+            .targets
+            .iter()
+            .find(|t| t.sha256 == sha256)
+            .ok_or_else(|| LoadError::NotReleased {
+                path: ppath.clone(),
+                sha256,
+            })?;
+        let trust = |source| LoadError::Trust {
+            path: ppath.clone(),
+            source,
+        };
+        check_reader(target_meta, bytes.as_slice())
+            .map_err(|e| LoadError::Read {
+                path: ppath.clone(),
+                reason: e.to_string(),
+            })?
+            .map_err(trust)?;
+        verifier.check_target(target_meta).map_err(trust)?;
+        let opts = LoadOptions {
+            target: Some(target.clone()),
+            ..LoadOptions::default()
+        };
+        let model = Model::load(package, &opts).map_err(|source| LoadError::Runtime {
+            path: ppath.clone(),
+            source: Box::new(source),
+        })?;
+        let info = model.info();
+        if info.name != target_meta.name
+            || info.version.as_deref() != Some(target_meta.version.as_str())
+        {
+            return Err(LoadError::Read {
+                path: ppath,
+                reason: format!(
+                    "manifest says {} {}, release metadata says {} {}",
+                    info.name,
+                    info.version.as_deref().unwrap_or("?"),
+                    target_meta.name,
+                    target_meta.version
+                ),
+            });
+        }
+        Ok(LoadedModel {
+            name: target_meta.name.clone(),
+            version: target_meta.version.clone(),
+            sha256,
+            model,
+            fallback,
+            breaker: Mutex::new(Breaker::new(
+                breaker.failures,
+                Duration::from_secs(breaker.open_secs),
+            )),
+            retries: breaker.retries,
+        })
+    }
+
+    pub fn breaker_open(&self) -> bool {
+        self.breaker.lock().map(|b| b.is_open()).unwrap_or(true)
+    }
+}
+
+/// Why an inference got no model answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InferError {
+    /// No such model is loaded (404).
+    #[error("no model {0:?} is loaded")]
+    UnknownModel(String),
+    /// The request is malformed: wrong names, dtypes, shapes (400).
+    #[error("{0}")]
+    BadInput(String),
+    /// The input is outside the model's declared distribution and the
+    /// fallback is to reject (422).
+    #[error("out of distribution: {0}")]
+    OutOfDistribution(String),
+    /// The breaker is open after repeated engine failures (503).
+    #[error(
+        "model {model:?} is unavailable after repeated engine failures; retry in {retry_after:?}"
+    )]
+    Unavailable {
+        model: String,
+        retry_after: Duration,
+    },
+    /// The engine failed on every try (500).
+    #[error("engine failed: {0}")]
+    Engine(String),
+}
+
+/// Who answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnsweredBy {
+    Active,
+    /// The previous model, as the OOD fallback.
+    Previous,
+    /// The configured default value, as the OOD fallback.
+    Default,
+}
+
+#[derive(Debug)]
+pub struct InferOutcome {
+    pub model: Arc<LoadedModel>,
+    pub outputs: Vec<(String, Tensor)>,
+    pub answered_by: AnsweredBy,
+    pub latency: Duration,
+}
+
+/// The active and previous model of each name.
+#[derive(Debug, Default)]
+pub struct ModelHost {
+    slots: RwLock<BTreeMap<String, Slots>>,
+}
+
+#[derive(Debug, Clone)]
+struct Slots {
+    active: Arc<LoadedModel>,
+    previous: Option<Arc<LoadedModel>>,
+}
+
+impl ModelHost {
+    /// Makes `model` the active one of its name; the old active becomes
+    /// the previous.
+    pub fn activate(&self, model: LoadedModel) {
+        let model = Arc::new(model);
+        if let Ok(mut slots) = self.slots.write() {
+            let previous = slots.remove(&model.name).map(|s| s.active);
+            slots.insert(
+                model.name.clone(),
+                Slots {
+                    active: model,
+                    previous,
+                },
+            );
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.slots.read().map(|s| s.is_empty()).unwrap_or(true)
+    }
+
+    /// `(active, previous)` of every name.
+    pub fn list(&self) -> Vec<(Arc<LoadedModel>, Option<Arc<LoadedModel>>)> {
+        self.slots
+            .read()
+            .map(|s| {
+                s.values()
+                    .map(|sl| (sl.active.clone(), sl.previous.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn get(&self, name: &str) -> Option<Slots> {
+        self.slots.read().ok()?.get(name).cloned()
+    }
+
+    /// Runs `name` on named inputs (`None` = the model's only input).
+    /// Blocking: call from a blocking thread.
+    pub fn infer(
+        &self,
+        name: &str,
+        inputs: Vec<(Option<String>, Tensor)>,
+    ) -> Result<InferOutcome, InferError> {
+        let slots = self
+            .get(name)
+            .ok_or_else(|| InferError::UnknownModel(name.to_owned()))?;
+        let started = Instant::now();
+        let active = slots.active.clone();
+        let named = name_inputs(&active.model, inputs)?;
+        let rows = named
+            .first()
+            .and_then(|(_, t)| t.shape().first().copied())
+            .unwrap_or(1);
+        match run_guarded(&active, named.clone()) {
+            Ok(outputs) => Ok(InferOutcome {
+                model: active,
+                outputs,
+                answered_by: AnsweredBy::Active,
+                latency: started.elapsed(),
+            }),
+            Err(RunError::Ood(reason)) => match &active.fallback {
+                Fallback::Reject => Err(InferError::OutOfDistribution(reason)),
+                Fallback::Default(values) => {
+                    let out_name = active
+                        .model
+                        .info()
+                        .outputs
+                        .first()
+                        .map(|o| o.name.clone())
+                        .unwrap_or_else(|| "output".into());
+                    let data: Vec<f32> = (0..rows).flat_map(|_| values.iter().copied()).collect();
+                    let t = Tensor::from_shape(&[rows, values.len()], &data)
+                        .map_err(|e| InferError::Engine(e.to_string()))?;
+                    Ok(InferOutcome {
+                        model: active,
+                        outputs: vec![(out_name, t)],
+                        answered_by: AnsweredBy::Default,
+                        latency: started.elapsed(),
+                    })
+                }
+                Fallback::Previous => {
+                    let prev = slots.previous.clone().ok_or_else(|| {
+                        InferError::OutOfDistribution(format!(
+                            "{reason} (fallback: previous, but no previous model is loaded)"
+                        ))
+                    })?;
+                    let outputs = run_guarded(&prev, named).map_err(RunError::into_infer)?;
+                    Ok(InferOutcome {
+                        model: prev,
+                        outputs,
+                        answered_by: AnsweredBy::Previous,
+                        latency: started.elapsed(),
+                    })
+                }
+            },
+            Err(e) => Err(e.into_infer()),
+        }
+    }
+}
+
+/// Gives `None`-named inputs the model's input names, in order.
+fn name_inputs(
+    model: &Model,
+    inputs: Vec<(Option<String>, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, InferError> {
+    let specs = model.inputs();
+    if inputs.iter().any(|(n, _)| n.is_none()) && inputs.len() != specs.len() {
+        return Err(InferError::BadInput(format!(
+            "{} unnamed input(s) for a model with inputs {}",
+            inputs.len(),
+            specs
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(inputs
+        .into_iter()
+        .zip(specs)
+        .map(|((n, t), s)| (n.unwrap_or_else(|| s.name.clone()), t))
+        .collect())
+}
+
+enum RunError {
+    Ood(String),
+    Bad(String),
+    Unavailable {
+        model: String,
+        retry_after: Duration,
+    },
+    Engine(String),
+}
+
+impl RunError {
+    fn into_infer(self) -> InferError {
+        match self {
+            RunError::Ood(r) => InferError::OutOfDistribution(r),
+            RunError::Bad(r) => InferError::BadInput(r),
+            RunError::Unavailable { model, retry_after } => {
+                InferError::Unavailable { model, retry_after }
+            }
+            RunError::Engine(r) => InferError::Engine(r),
+        }
+    }
+}
+
+/// One model call behind its breaker, with bounded retries of engine
+/// failures. Input errors are the caller's and never trip the breaker.
+fn run_guarded(
+    m: &LoadedModel,
+    named: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, Tensor)>, RunError> {
+    let admit = m
+        .breaker
+        .lock()
+        .map(|mut b| b.admit(Instant::now()))
+        .unwrap_or(Admit::Refused {
+            retry_after: Duration::from_secs(1),
+        });
+    if let Admit::Refused { retry_after } = admit {
+        return Err(RunError::Unavailable {
+            model: m.name.clone(),
+            retry_after,
+        });
+    }
+    let out_names: Vec<String> = m
+        .model
+        .info()
+        .outputs
+        .iter()
+        .map(|o| o.name.clone())
+        .collect();
+    let tries = if admit == Admit::Probe {
+        1
+    } else {
+        1 + m.retries
+    };
+    let mut last = String::new();
+    for _ in 0..tries {
+        let result = m
+            .model
+            .session()
+            .and_then(|mut s| s.run_named(named.clone()));
+        match result {
+            Ok(outs) => {
+                if let Ok(mut b) = m.breaker.lock() {
+                    b.success();
+                }
+                return Ok(out_names
+                    .iter()
+                    .cloned()
+                    .chain((out_names.len()..).map(|i| format!("output_{i}")))
+                    .zip(outs)
+                    .collect());
+            }
+            Err(outpost_runtime::Error::Input(
+                e @ (InputError::OutOfRange { .. } | InputError::UnknownCategory { .. }),
+            )) => return Err(RunError::Ood(e.to_string())),
+            Err(outpost_runtime::Error::Input(e)) => return Err(RunError::Bad(e.to_string())),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    if let Ok(mut b) = m.breaker.lock() {
+        b.failure(Instant::now());
+    }
+    Err(RunError::Engine(last))
+}

@@ -1,0 +1,459 @@
+//! Test fixtures: a signed trust world with a real packaged model, a
+//! private Mosquitto on a free port, an in-process agent, an MQTT observer.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use outpost_agent::AgentState;
+use outpost_agent::config::AgentConfig;
+use outpost_protocol::bytes::Sha256;
+use outpost_protocol::codec;
+use outpost_protocol::trust::keys::{self, SigningKey};
+use outpost_protocol::trust::*;
+use outpost_runtime::manifest::{ModelCard, ModelFormat, TargetConstraints as Tc};
+use outpost_runtime::package::MODEL_ONNX;
+use outpost_runtime::{LoadOptions, Manifest, Model, PackageBuilder, ValueRange};
+use tempfile::TempDir;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+pub fn skip_or_fail(reason: &str) {
+    if std::env::var("OUTPOST_REQUIRE_ALL").is_ok_and(|v| v == "1") {
+        panic!("OUTPOST_REQUIRE_ALL=1 but a prerequisite is missing: {reason}");
+    }
+    eprintln!("SKIPPED: {reason}");
+}
+
+pub fn now() -> u64 {
+    outpost_agent::unix_now()
+}
+
+/// Polls `f` until it returns `Some`, or panics at the deadline.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Keys, a signed root, and a signed package of the digits MLP.
+pub struct World {
+    pub dir: TempDir,
+    pub release_key: SigningKey,
+    pub director_key: SigningKey,
+    pub root_path: PathBuf,
+    pub package_path: PathBuf,
+    pub release_path: PathBuf,
+    pub package: Vec<u8>,
+}
+
+pub fn target_profile() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" {
+        "rpi5"
+    } else {
+        "x86_64-server"
+    }
+}
+
+pub fn package_bytes(name: &str, version: &str) -> Vec<u8> {
+    let onnx = std::fs::read(repo().join("runtime/tests/fixtures/digits/mlp_fp32.onnx")).unwrap();
+    let model = Model::from_onnx_bytes(&onnx, name, None, &LoadOptions::default()).unwrap();
+    let info = model.info();
+    let mut inputs = info.inputs.clone();
+    inputs[0].range = Some(ValueRange { min: 0.0, max: 1.0 });
+    let mut outputs = info.outputs.clone();
+    outputs[0].labels = (0..10).map(|d| format!("digit-{d}")).collect();
+    let manifest = Manifest {
+        format_version: 1,
+        name: name.into(),
+        version: version.into(),
+        created_at: "2026-11-26T00:00:00Z".into(),
+        format: ModelFormat::Onnx,
+        inputs,
+        outputs,
+        target: Tc::default(),
+        card: ModelCard {
+            purpose: Some("agent tests".into()),
+            ..ModelCard::default()
+        },
+        runtime: None,
+        members: Default::default(),
+    };
+    let mut b = PackageBuilder::new(manifest);
+    b.add(MODEL_ONNX, onnx).unwrap();
+    b.to_bytes().unwrap()
+}
+
+impl World {
+    pub fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let (root_key, release_key, director_key) = (
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+            SigningKey::generate().unwrap(),
+        );
+        let one = |k: &SigningKey| RoleKeys {
+            threshold: 1,
+            keys: vec![k.key_id()],
+        };
+        let root = Root {
+            version: 1,
+            expires: now() + 365 * 86_400,
+            keys: vec![
+                root_key.public_key(),
+                release_key.public_key(),
+                director_key.public_key(),
+            ],
+            root: one(&root_key),
+            release: one(&release_key),
+            director: one(&director_key),
+        };
+        let root_path = dir.path().join("root.signed");
+        let signed = keys::sign(&root, Role::Root, &[&root_key]).unwrap();
+        std::fs::write(&root_path, codec::encode(&signed).unwrap()).unwrap();
+        let package = package_bytes("digits", "1.0.0");
+        let package_path = dir.path().join("digits-1.0.0.opk");
+        std::fs::write(&package_path, &package).unwrap();
+        let release_path = dir.path().join("digits-1.0.0.release");
+        let w = World {
+            dir,
+            release_key,
+            director_key,
+            root_path,
+            package_path,
+            release_path,
+            package,
+        };
+        w.write_release(
+            &w.release_path,
+            &[w.target("digits", "1.0.0", &w.package)],
+            30,
+        );
+        w
+    }
+
+    pub fn target(&self, name: &str, version: &str, bytes: &[u8]) -> TargetMeta {
+        TargetMeta {
+            name: name.into(),
+            version: version.into(),
+            sha256: Sha256::of(bytes),
+            length: bytes.len() as u64,
+            constraints: TargetConstraints::default(),
+        }
+    }
+
+    /// Writes release metadata valid for `days` (negative: expired).
+    pub fn write_release(&self, path: &Path, targets: &[TargetMeta], days: i64) {
+        let expires = (now() as i64 + days * 86_400) as u64;
+        let meta = ReleaseMetadata {
+            version: 1,
+            expires,
+            targets: targets.to_vec(),
+        };
+        let signed = keys::sign(&meta, Role::Release, &[&self.release_key]).unwrap();
+        std::fs::write(path, codec::encode(&signed).unwrap()).unwrap();
+    }
+
+    /// agent.toml text for `device`, reporting to 127.0.0.1:`mqtt_port`.
+    pub fn config_text(&self, device: &str, mqtt_port: u16, extra_model: &str) -> String {
+        format!(
+            r#"
+device_id = "{device}"
+target = "{targets}/{profile}.toml"
+data_dir = "{data}"
+[mqtt]
+url = "mqtt://127.0.0.1:{mqtt_port}"
+keep_alive_secs = 5
+[trust]
+root = "{root}"
+[api]
+bind = "127.0.0.1:0"
+max_body_bytes = 65536
+max_pending = 64
+[breaker]
+failures = 3
+open_secs = 30
+retries = 1
+[[models]]
+package = "{package}"
+release = "{release}"
+{extra_model}
+"#,
+            targets = repo().join("targets").display(),
+            profile = target_profile(),
+            data = self.dir.path().join(format!("data-{device}")).display(),
+            root = self.root_path.display(),
+            package = self.package_path.display(),
+            release = self.release_path.display(),
+        )
+    }
+
+    pub fn config(&self, device: &str, mqtt_port: u16, extra_model: &str) -> AgentConfig {
+        let text = self.config_text(device, mqtt_port, extra_model);
+        AgentConfig::parse(&text, Path::new("agent.toml"), self.dir.path()).unwrap()
+    }
+
+    pub fn config_file(&self, device: &str, mqtt_port: u16) -> PathBuf {
+        let path = self.dir.path().join(format!("{device}.toml"));
+        std::fs::write(&path, self.config_text(device, mqtt_port, "")).unwrap();
+        path
+    }
+
+    pub fn sign_command(&self, d: &Directive) -> Vec<u8> {
+        let cmd = outpost_protocol::messages::Command {
+            directive: keys::sign(d, Role::Director, &[&self.director_key]).unwrap(),
+            release: None,
+            artifact_url: None,
+        };
+        codec::encode(&cmd).unwrap()
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private Mosquitto on a free port, killed and reaped on drop.
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    _dir: TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Option<Mosquitto> {
+        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            skip_or_fail("mosquitto is not installed (apt install mosquitto)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // The port is free when chosen; another process may take it before
+        // Mosquitto binds, so retry a few ports.
+        for _ in 0..5 {
+            let port = free_port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            )
+            .unwrap();
+            let mut child = Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Some(Mosquitto {
+                        child,
+                        port,
+                        _dir: dir,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("mosquitto did not start");
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An agent running in-process on its own runtime; stopped on drop.
+pub struct Running {
+    pub state: Arc<AgentState>,
+    pub addr: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    rt: Option<tokio::runtime::Runtime>,
+    join: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn start(config: AgentConfig) -> Running {
+        let state = Arc::new(AgentState::start(config).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let (btx, brx) = tokio::sync::oneshot::channel();
+        let st = state.clone();
+        let join = rt.spawn(async move {
+            outpost_agent::run(st, rx, Some(btx)).await.unwrap();
+        });
+        let addr = rt.block_on(brx).unwrap();
+        Running {
+            state,
+            addr,
+            shutdown: tx,
+            rt: Some(rt),
+            join: Some(join),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if let (Some(rt), Some(join)) = (self.rt.take(), self.join.take()) {
+            let _ =
+                rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), join).await });
+            rt.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+/// HTTP with non-2xx statuses as values, not errors.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// (status, body as JSON or text).
+pub fn post_json(url: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let mut r = http()
+        .post(url)
+        .header("Content-Type", "application/json")
+        .send(serde_json::to_vec(body).unwrap())
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+pub fn get(url: &str) -> (u16, String) {
+    let mut r = http().get(url).call().unwrap();
+    let status = r.status().as_u16();
+    (status, r.body_mut().read_to_string().unwrap())
+}
+
+/// Every publish on `filter`, as (topic, payload), through a channel.
+pub struct Observer {
+    pub rx: mpsc::Receiver<(String, Vec<u8>)>,
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Observer {
+    pub fn start(port: u16, filter: &str) -> (Observer, rumqttc::AsyncClient) {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = mpsc::channel();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let mut opts =
+            rumqttc::MqttOptions::new(format!("observer-{}", free_port()), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(5));
+        opts.set_max_packet_size(4 << 20, 4 << 20);
+        let (client, mut eventloop) = rt.block_on(async { rumqttc::AsyncClient::new(opts, 64) });
+        let c = client.clone();
+        let filter = filter.to_owned();
+        rt.spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        let _ = c.subscribe(&filter, rumqttc::QoS::AtLeastOnce).await;
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        let _ = ready_tx.send(());
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if tx.send((p.topic.clone(), p.payload.to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("observer subscribed");
+        (Observer { rx, rt: Some(rt) }, client)
+    }
+
+    /// The next publish matching `pred`, within `timeout`.
+    pub fn next_where(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&str, &[u8]) -> bool,
+    ) -> (String, Vec<u8>) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok((t, p)) if pred(&t, &p) => return (t, p),
+                Ok(_) => {}
+                Err(_) => panic!("no matching publish within {timeout:?}"),
+            }
+        }
+    }
+
+    pub fn publish(client: &rumqttc::AsyncClient, topic: &str, payload: Vec<u8>) {
+        client
+            .try_publish(topic, rumqttc::QoS::AtLeastOnce, false, payload)
+            .unwrap();
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_timeout(Duration::from_secs(1));
+        }
+    }
+}
+
+/// A child process killed and reaped on drop, so a failing test leaves
+/// nothing behind.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

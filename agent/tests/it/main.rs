@@ -1,0 +1,8 @@
+//! outpost-agent's integration tests (one binary).
+#![allow(clippy::unwrap_used)]
+
+mod api;
+mod common;
+mod config;
+mod mqtt;
+mod start;
