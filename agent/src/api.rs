@@ -127,6 +127,7 @@ async fn infer(
         }
     };
     let segment = segment.or(q.segment);
+    let segment_for_profile = segment.clone();
     let record = Record {
         status: Status::Pending,
         model: name.clone(),
@@ -148,14 +149,25 @@ async fn infer(
             "too many requests pending",
         );
     };
+    // Kept for the profile (the engine consumes its inputs).
+    let tensors: Vec<outpost_runtime::Tensor> = inputs.iter().map(|(_, t)| t.clone()).collect();
     let run = {
         let state = state.clone();
         async move {
             let st = state.clone();
             let name2 = name.clone();
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || st.host.infer(&name2, inputs))
                 .await
                 .unwrap_or_else(|e| Err(InferError::Engine(format!("inference task: {e}"))));
+            profile(
+                &state,
+                &name,
+                &tensors,
+                &result,
+                started.elapsed(),
+                segment_for_profile,
+            );
             finish(&state, id, &name, result)
         }
     };
@@ -169,6 +181,50 @@ async fn infer(
     }
     let (status, body) = run.await;
     (status, axum::Json(body)).into_response()
+}
+
+/// Profiles the request into its model's current window. Bad input and
+/// unknown models are not profiled (their tensors may not fit the model).
+fn profile(
+    state: &AgentState,
+    name: &str,
+    inputs: &[outpost_runtime::Tensor],
+    result: &Result<InferOutcome, InferError>,
+    elapsed: std::time::Duration,
+    segment: Option<String>,
+) {
+    let (model, outputs, latency) = match result {
+        Ok(out) => {
+            let outs: Vec<_> = out.outputs.iter().map(|(_, t)| t.clone()).collect();
+            (out.model.clone(), Some(outs), out.latency)
+        }
+        Err(
+            InferError::OutOfDistribution(_)
+            | InferError::Engine(_)
+            | InferError::Unavailable { .. },
+        ) => match state.host.list().into_iter().find(|(m, _)| m.name == name) {
+            Some((m, _)) => (m, None, elapsed),
+            None => return,
+        },
+        Err(_) => return,
+    };
+    let obs = crate::telemetry::Observation {
+        inputs,
+        outputs: outputs.as_deref(),
+        latency,
+        segment: segment.as_deref(),
+    };
+    let (dropped, profiled) = state.telemetry.record(crate::unix_now(), &model, &obs);
+    state.note_dropped(dropped);
+    if !profiled {
+        state
+            .metrics
+            .unprofiled
+            .get_or_create(&crate::metrics::ModelLabels {
+                model: name.to_owned(),
+            })
+            .inc();
+    }
 }
 
 /// Records the outcome (metrics, request store) and builds the answer.

@@ -17,6 +17,7 @@ pub mod mqtt;
 pub mod requests;
 pub mod serve;
 pub mod store;
+pub mod telemetry;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -40,6 +41,9 @@ pub struct AgentState {
     pub verifier: Verifier,
     pub trust: RwLock<TrustState>,
     pub store: Store,
+    pub telemetry: telemetry::Telemetry,
+    /// Windows dropped and not yet reported in an event.
+    pub unreported_drops: Mutex<store::Dropped>,
     pub mqtt_connected: AtomicBool,
     session: AtomicU64,
     /// Event numbers when the store cannot give one (it never goes back:
@@ -113,8 +117,22 @@ impl AgentState {
             tracing::info!(model = %loaded.name, version = %loaded.version, "verified and loaded");
             host.activate(loaded);
         }
+        let telemetry = telemetry::Telemetry::new(
+            config.device_id.to_string(),
+            config.telemetry.window_secs,
+            config.telemetry.outbox_budget_bytes,
+            if config.mqtt.json {
+                outpost_protocol::messages::Encoding::Json
+            } else {
+                outpost_protocol::messages::Encoding::Postcard
+            },
+            store.outbox()?,
+            metrics.windows_sealed.clone(),
+        );
         Ok(AgentState {
             requests: Mutex::new(requests::Requests::new(config.api.max_pending)),
+            telemetry,
+            unreported_drops: Mutex::new(store::Dropped::default()),
             config,
             host,
             metrics,
@@ -178,6 +196,29 @@ impl AgentState {
         Ok(d)
     }
 
+    /// Counts windows the outbox dropped, for `/metrics` and the next event.
+    pub fn note_dropped(&self, d: store::Dropped) {
+        if d.windows == 0 {
+            return;
+        }
+        self.metrics.windows_dropped.inc_by(d.windows);
+        tracing::warn!(
+            windows = d.windows,
+            bytes = d.bytes,
+            "telemetry outbox full: oldest windows dropped"
+        );
+        if let Ok(mut u) = self.unreported_drops.lock() {
+            u.windows += d.windows;
+            u.bytes += d.bytes;
+        }
+    }
+
+    /// Seals the windows that have ended (called every second by the shell).
+    pub fn seal_due(&self) {
+        let d = self.telemetry.seal_due(unix_now());
+        self.note_dropped(d);
+    }
+
     /// What `GET /v1/status` and `outpost-agent status` show.
     pub fn status_json(&self) -> serde_json::Value {
         let (root_version, last_directive) = self.trust_summary();
@@ -202,6 +243,7 @@ impl AgentState {
             "session": self.session(),
             "mqtt_connected": self.mqtt_connected.load(Ordering::SeqCst),
             "trust": {"root_version": root_version, "last_directive": last_directive},
+            "outbox": {"windows": self.telemetry.outbox().len(), "bytes": self.telemetry.outbox().bytes()},
             "models": models,
         })
     }

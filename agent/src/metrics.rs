@@ -40,6 +40,10 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     pub mqtt_reconnects: Counter,
     pub store_recreated: Counter,
+    pub windows_sealed: Counter,
+    pub windows_published: Counter,
+    pub windows_dropped: Counter,
+    pub unprofiled: Family<ModelLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -57,6 +61,30 @@ impl Default for Metrics {
         let mqtt_connected = Gauge::default();
         let mqtt_reconnects = Counter::default();
         let store_recreated = Counter::default();
+        let windows_sealed = Counter::default();
+        let windows_published = Counter::default();
+        let windows_dropped = Counter::default();
+        let unprofiled = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "telemetry_windows_sealed",
+            "Telemetry windows sealed into the outbox",
+            windows_sealed.clone(),
+        );
+        registry.register(
+            "telemetry_windows_published",
+            "Telemetry windows acknowledged by the broker and removed from the outbox",
+            windows_published.clone(),
+        );
+        registry.register(
+            "telemetry_windows_dropped",
+            "Telemetry windows dropped because the outbox was over its disk budget",
+            windows_dropped.clone(),
+        );
+        registry.register(
+            "requests_unprofiled",
+            "Requests not profiled (no reference profile, or one that does not fit the tensors)",
+            unprofiled.clone(),
+        );
         registry.register(
             "inference_requests",
             "Inference requests by model and outcome",
@@ -101,6 +129,10 @@ impl Default for Metrics {
             mqtt_connected,
             mqtt_reconnects,
             store_recreated,
+            windows_sealed,
+            windows_published,
+            windows_dropped,
+            unprofiled,
         }
     }
 }

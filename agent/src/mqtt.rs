@@ -2,6 +2,7 @@
 //! the last will (same session number), retained state, events, and the
 //! signed commands. Reconnects with exponential backoff and jitter.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -176,8 +177,80 @@ impl AgentState {
     }
 }
 
+/// Publishes through the client without waiting (the event loop runs in
+/// the same task, so an awaited publish on a full channel would deadlock),
+/// and remembers, in order, which outbox window each publish carries.
+///
+/// Design: rumqttc reports `Outgoing::Publish(pkid)` in the order requests
+/// were queued, so the FIFO maps each packet id to its window; with a clean
+/// session, a dropped connection discards every queued request
+/// (`EventLoop::clean` + `session_present = false`), so the FIFO is reset on
+/// every disconnect and the outbox is published again from its oldest
+/// window. Duplicates are possible (an ack lost with the connection); the
+/// server merges windows idempotently by (device, model, window).
+struct Publisher {
+    client: AsyncClient,
+    fifo: VecDeque<Option<Vec<u8>>>,
+    inflight: HashMap<u16, Vec<u8>>,
+    sent: HashSet<Vec<u8>>,
+}
+
+/// Windows in flight at once (well under the client's 64-request channel).
+const MAX_WINDOWS_IN_FLIGHT: usize = 8;
+
+impl Publisher {
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+        window: Option<Vec<u8>>,
+    ) -> bool {
+        match self
+            .client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+        {
+            Ok(()) => {
+                self.fifo.push_back(window);
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publish not queued");
+                false
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.fifo.clear();
+        self.inflight.clear();
+        self.sent.clear();
+    }
+
+    /// Queues unsent windows, oldest first, up to the in-flight limit.
+    fn drain(&mut self, state: &AgentState, topic: &str) {
+        let in_flight = self.sent.len();
+        if in_flight >= MAX_WINDOWS_IN_FLIGHT {
+            return;
+        }
+        for (key, payload) in state.telemetry.outbox().oldest_first() {
+            if self.sent.len() >= MAX_WINDOWS_IN_FLIGHT {
+                break;
+            }
+            if self.sent.contains(&key) {
+                continue;
+            }
+            if !self.publish(topic.to_owned(), payload, false, Some(key.clone())) {
+                break;
+            }
+            self.sent.insert(key);
+        }
+    }
+}
+
 /// Runs the MQTT side until `shutdown` turns true; then publishes death
-/// (a clean disconnect does not fire the last will) and disconnects.
+/// (a clean disconnect does not fire the last will) and disconnects. Also
+/// seals ended telemetry windows every second and publishes the outbox.
 pub async fn run(
     state: Arc<AgentState>,
     mut shutdown: watch::Receiver<bool>,
@@ -186,6 +259,7 @@ pub async fn run(
     let topics = Topics::with_prefix(cfg.prefix.clone());
     let id = state.config.device_id.clone();
     let topic = |k| topics.device(&id, k);
+    let telemetry_topic = topic(TopicKind::Telemetry);
     let will = |session: u64| {
         LastWill::new(
             topic(TopicKind::Death),
@@ -197,15 +271,25 @@ pub async fn run(
     let mut session = state.new_session();
     let (client, mut eventloop): (AsyncClient, EventLoop) =
         AsyncClient::new(options(cfg, id.as_str(), will(session))?, 64);
+    let mut out = Publisher {
+        client: client.clone(),
+        fifo: VecDeque::new(),
+        inflight: HashMap::new(),
+        sent: HashSet::new(),
+    };
+    let mut connected = false;
     let mut failures: u32 = 0;
     let mut rng = crate::jitter_seed();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             // Cancellation-safe: `changed` only observes the watch.
             _ = shutdown.changed() => {
+                state.seal_due();
                 let death = state.encode(&DeviceMessage::Death(Death { session }));
-                let _ = client.publish(topic(TopicKind::Death), QoS::AtLeastOnce, false, death).await;
-                let _ = client.disconnect().await;
+                let _ = client.try_publish(topic(TopicKind::Death), QoS::AtLeastOnce, false, death);
+                let _ = client.try_disconnect();
                 // Drive the loop until the disconnect is sent (bounded).
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
                 while tokio::time::Instant::now() < deadline {
@@ -217,22 +301,57 @@ pub async fn run(
                 state.mqtt_connected.store(false, Ordering::SeqCst);
                 return Ok(());
             }
+            // Cancellation-safe: an interval tick that loses the race is
+            // simply taken at the next turn.
+            _ = tick.tick() => {
+                state.seal_due();
+                if connected {
+                    report_drops(&state, &mut out, &topic);
+                    out.drain(&state, &telemetry_topic);
+                }
+            }
+            // Cancellation-safe: a notification not consumed here stays
+            // stored as the Notify's permit.
+            _ = state.telemetry.sealed.notified() => {
+                if connected {
+                    out.drain(&state, &telemetry_topic);
+                }
+            }
             // Cancellation-safe per rumqttc: a dropped poll loses no
             // request (they stay queued in the event loop).
             ev = eventloop.poll() => match ev {
                 Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
                     failures = 0;
+                    connected = true;
+                    out.reset();
                     state.mqtt_connected.store(true, Ordering::SeqCst);
                     state.metrics.mqtt_connected.set(1);
                     tracing::info!(session, host = %cfg.host, port = cfg.port, "connected to the broker");
-                    let _ = client.subscribe(topic(TopicKind::Commands), QoS::AtLeastOnce).await;
-                    publish_birth_and_state(&state, &client, &topic, session).await;
+                    let _ = client.try_subscribe(topic(TopicKind::Commands), QoS::AtLeastOnce);
+                    publish_birth_and_state(&state, &mut out, &topic, session);
+                    report_drops(&state, &mut out, &topic);
+                    out.drain(&state, &telemetry_topic);
+                }
+                Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
+                    if let Some(Some(key)) = out.fifo.pop_front() {
+                        out.inflight.insert(pkid, key);
+                    }
+                }
+                Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
+                    if let Some(key) = out.inflight.remove(&ack.pkid) {
+                        state.telemetry.outbox().remove(&key);
+                        out.sent.remove(&key);
+                        state.metrics.windows_published.inc();
+                        out.drain(&state, &telemetry_topic);
+                    }
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) if p.topic == topic(TopicKind::Commands) => {
-                    handle_command(&state, &client, &topic, session, &p.payload).await;
+                    handle_command(&state, &mut out, &topic, session, &p.payload);
                 }
                 Ok(_) => {}
                 Err(e) => {
+                    connected = false;
+                    out.reset();
                     if state.mqtt_connected.swap(false, Ordering::SeqCst) {
                         state.metrics.mqtt_reconnects.inc();
                     }
@@ -254,25 +373,38 @@ pub async fn run(
     }
 }
 
-async fn publish_birth_and_state(
+/// Publishes one `TelemetryDropped` event for the drops not yet reported.
+fn report_drops(state: &AgentState, out: &mut Publisher, topic: &impl Fn(TopicKind) -> String) {
+    let d = match state.unreported_drops.lock() {
+        Ok(mut u) if u.windows > 0 => std::mem::take(&mut *u),
+        _ => return,
+    };
+    publish_event(
+        state,
+        out,
+        topic,
+        EventKind::TelemetryDropped {
+            windows: d.windows,
+            bytes: d.bytes,
+        },
+    );
+}
+
+fn publish_birth_and_state(
     state: &AgentState,
-    client: &AsyncClient,
+    out: &mut Publisher,
     topic: &impl Fn(TopicKind) -> String,
     session: u64,
 ) {
     let birth = state.encode(&state.birth(session));
     let st = state.encode(&state.reported_state(session));
-    let _ = client
-        .publish(topic(TopicKind::Birth), QoS::AtLeastOnce, false, birth)
-        .await;
-    let _ = client
-        .publish(topic(TopicKind::State), QoS::AtLeastOnce, true, st)
-        .await;
+    out.publish(topic(TopicKind::Birth), birth, false, None);
+    out.publish(topic(TopicKind::State), st, true, None);
 }
 
-async fn publish_event(
+fn publish_event(
     state: &AgentState,
-    client: &AsyncClient,
+    out: &mut Publisher,
     topic: &impl Fn(TopicKind) -> String,
     kind: EventKind,
 ) {
@@ -282,16 +414,14 @@ async fn publish_event(
         at: crate::unix_now(),
         kind,
     }));
-    let _ = client
-        .publish(topic(TopicKind::Events), QoS::AtLeastOnce, false, ev)
-        .await;
+    out.publish(topic(TopicKind::Events), ev, false, None);
 }
 
 /// Verifies a command and acts on what the serving half handles (rebirth).
 /// Deploy, shadow, rollback and retire belong to the update half.
-async fn handle_command(
+fn handle_command(
     state: &AgentState,
-    client: &AsyncClient,
+    out: &mut Publisher,
     topic: &impl Fn(TopicKind) -> String,
     session: u64,
     payload: &[u8],
@@ -302,39 +432,34 @@ async fn handle_command(
         Err(e) => {
             publish_event(
                 state,
-                client,
+                out,
                 topic,
                 EventKind::VerificationFailed {
                     directive: None,
                     check: "decode".into(),
                     detail: e.to_string(),
                 },
-            )
-            .await;
+            );
             return;
         }
     };
-    let decided = state.decide(&cmd);
-    match decided {
+    match state.decide(&cmd) {
         Err(e) => {
             tracing::warn!(check = e.check(), error = %e, "command refused");
             let seq = cmd.directive.decode_unverified().ok().map(|d| d.sequence);
             publish_event(
                 state,
-                client,
+                out,
                 topic,
                 EventKind::VerificationFailed {
                     directive: seq,
                     check: e.check().into(),
                     detail: e.to_string(),
                 },
-            )
-            .await;
+            );
         }
         Ok(d) => match d.directive.action {
-            DirectiveAction::Rebirth => {
-                publish_birth_and_state(state, client, topic, session).await
-            }
+            DirectiveAction::Rebirth => publish_birth_and_state(state, out, topic, session),
             other => {
                 tracing::warn!(action = ?other, sequence = d.directive.sequence,
                     "verified directive needs the update machine, which this build lacks");

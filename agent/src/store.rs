@@ -84,6 +84,16 @@ impl Store {
         self.next_counter(b"event-seq")
     }
 
+    /// The telemetry outbox: sealed windows waiting for the broker's
+    /// acknowledgement, keyed so that iteration is oldest first.
+    pub fn outbox(&self) -> Result<Outbox, StoreError> {
+        let tree = self.db.open_tree("outbox").map_err(|e| StoreError {
+            path: PathBuf::from("store/outbox"),
+            reason: e.to_string(),
+        })?;
+        Ok(Outbox { tree })
+    }
+
     fn next_counter(&self, key: &[u8]) -> Result<u64, StoreError> {
         let err = |e: sled::Error| StoreError {
             path: PathBuf::from("store"),
@@ -104,6 +114,93 @@ impl Store {
             .and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(1))
+    }
+}
+
+/// Sealed telemetry windows not yet acknowledged by the broker.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    tree: sled::Tree,
+}
+
+/// Windows dropped to stay within the budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dropped {
+    pub windows: u64,
+    pub bytes: u64,
+}
+
+impl Outbox {
+    /// The key of a window: start (big-endian, so sled's order is time
+    /// order), then model and version. The same window sealed twice
+    /// overwrites itself.
+    pub fn key(start: u64, model: &str, version: &str) -> Vec<u8> {
+        let mut k = start.to_be_bytes().to_vec();
+        k.extend_from_slice(model.as_bytes());
+        k.push(0);
+        k.extend_from_slice(version.as_bytes());
+        k
+    }
+
+    /// Stores a window, first dropping the oldest ones while the outbox
+    /// would exceed `budget` bytes; flushed before returning. A window
+    /// larger than the whole budget is itself dropped.
+    pub fn push(&self, key: &[u8], payload: &[u8], budget: u64) -> Result<Dropped, StoreError> {
+        let err = |e: sled::Error| StoreError {
+            path: PathBuf::from("store/outbox"),
+            reason: e.to_string(),
+        };
+        let mut dropped = Dropped::default();
+        if payload.len() as u64 > budget {
+            return Ok(Dropped {
+                windows: 1,
+                bytes: payload.len() as u64,
+            });
+        }
+        let mut used = self.bytes();
+        while used + payload.len() as u64 > budget {
+            let Some((k, v)) = self.tree.pop_min().map_err(err)? else {
+                break;
+            };
+            let _ = k;
+            used = used.saturating_sub(v.len() as u64);
+            dropped.windows += 1;
+            dropped.bytes += v.len() as u64;
+        }
+        self.tree.insert(key, payload).map_err(err)?;
+        self.tree.flush().map_err(err)?;
+        Ok(dropped)
+    }
+
+    /// Every stored window, oldest first.
+    pub fn oldest_first(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.tree
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    /// Forgets an acknowledged window.
+    pub fn remove(&self, key: &[u8]) {
+        let _ = self.tree.remove(key);
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.tree
+            .iter()
+            .values()
+            .filter_map(|v| v.ok())
+            .map(|v| v.len() as u64)
+            .sum()
     }
 }
 
@@ -181,4 +278,60 @@ pub fn load_trust(data_dir: &Path, root: &Path) -> Result<TrustState, TrustStore
 pub fn save_trust(data_dir: &Path, state: &TrustState) -> std::io::Result<()> {
     let bytes = codec::encode(state).map_err(std::io::Error::other)?;
     write_atomic(&data_dir.join("trust-state.bin"), &bytes)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_drops_the_oldest_windows_to_stay_within_its_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, opened) = Store::open(dir.path()).unwrap();
+        assert_eq!(opened, Opened::Fine);
+        let outbox = store.outbox().unwrap();
+        let w = |start: u64| Outbox::key(start, "m", "1");
+        for start in 0..5 {
+            assert_eq!(
+                outbox.push(&w(start), &[0u8; 100], 350).unwrap(),
+                Dropped::default()
+            );
+            if outbox.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(outbox.len(), 3);
+        let d = outbox.push(&w(10), &[1u8; 100], 350).unwrap();
+        assert_eq!(
+            d,
+            Dropped {
+                windows: 1,
+                bytes: 100
+            }
+        );
+        let keys: Vec<_> = outbox.oldest_first().into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, vec![w(1), w(2), w(10)]);
+        // Larger than the whole budget: itself dropped, nothing else lost.
+        let d = outbox.push(&w(11), &[2u8; 400], 350).unwrap();
+        assert_eq!(
+            d,
+            Dropped {
+                windows: 1,
+                bytes: 400
+            }
+        );
+        assert_eq!(outbox.len(), 3);
+        // The same window sealed twice overwrites itself.
+        outbox.push(&w(10), &[3u8; 50], 350).unwrap();
+        assert_eq!(outbox.len(), 3);
+        outbox.remove(&w(1));
+        assert_eq!(outbox.bytes(), 150);
+        // Sessions and events count up across reopen.
+        let s1 = store.next_session().unwrap();
+        drop((outbox, store));
+        let (store, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.next_session().unwrap(), s1 + 1);
+        assert_eq!(store.outbox().unwrap().len(), 2);
+    }
 }

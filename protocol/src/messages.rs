@@ -119,6 +119,9 @@ pub enum EventKind {
     },
     /// A store failed to open and was recreated; `lost` says what is gone.
     StoreRecovered { store: String, lost: String },
+    /// The telemetry outbox was full: the oldest unsent windows were
+    /// dropped to make room (counted since the agent started).
+    TelemetryDropped { windows: u64, bytes: u64 },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -14,7 +14,13 @@ use outpost_protocol::codec;
 use outpost_protocol::trust::{
     MAX_METADATA_BYTES, ReleaseMetadata, Signed, TrustError, TrustState, Verifier, check_reader,
 };
-use outpost_runtime::{InputError, LoadOptions, Model, TargetProfile, Tensor};
+use outpost_runtime::{
+    InputError, LoadOptions, Model, Package, PackageLimits, TargetProfile, Tensor,
+};
+use outpost_telemetry::{REFERENCE_DECODE_LIMIT, ReferenceProfile};
+
+/// The package member holding the reference profile (ARCHITECTURE §3).
+pub const REFERENCE_MEMBER: &str = "reference.bin";
 
 use crate::config::{BreakerConfig, Fallback};
 use breaker::{Admit, Breaker};
@@ -56,6 +62,8 @@ pub struct LoadedModel {
     pub version: String,
     pub sha256: Sha256,
     pub model: Model,
+    /// The package's `reference.bin`, when it has one (profiles need it).
+    pub reference: Option<Arc<ReferenceProfile>>,
     pub fallback: Fallback,
     breaker: Mutex<Breaker>,
     retries: u32,
@@ -129,6 +137,7 @@ impl LoadedModel {
             path: ppath.clone(),
             source: Box::new(source),
         })?;
+        let reference = reference_of(&bytes, &ppath)?;
         let info = model.info();
         if info.name != target_meta.name
             || info.version.as_deref() != Some(target_meta.version.as_str())
@@ -149,6 +158,7 @@ impl LoadedModel {
             version: target_meta.version.clone(),
             sha256,
             model,
+            reference,
             fallback,
             breaker: Mutex::new(Breaker::new(
                 breaker.failures,
@@ -161,6 +171,29 @@ impl LoadedModel {
     pub fn breaker_open(&self) -> bool {
         self.breaker.lock().map(|b| b.is_open()).unwrap_or(true)
     }
+}
+
+/// The reference profile in a package, if any. A malformed one refuses the
+/// package: it is signed content that does not decode.
+fn reference_of(bytes: &[u8], path: &str) -> Result<Option<Arc<ReferenceProfile>>, LoadError> {
+    let limits = PackageLimits {
+        max_total_bytes: bytes.len() as u64,
+        ..PackageLimits::default()
+    };
+    let pkg = Package::from_bytes(bytes, path, &limits).map_err(|e| LoadError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })?;
+    pkg.member(REFERENCE_MEMBER)
+        .map(|b| {
+            ReferenceProfile::from_bytes(b, REFERENCE_DECODE_LIMIT)
+                .map(Arc::new)
+                .map_err(|e| LoadError::Read {
+                    path: path.to_owned(),
+                    reason: format!("{REFERENCE_MEMBER}: {e}"),
+                })
+        })
+        .transpose()
 }
 
 /// Why an inference got no model answer.

@@ -91,7 +91,53 @@ pub fn package_bytes(name: &str, version: &str) -> Vec<u8> {
     };
     let mut b = PackageBuilder::new(manifest);
     b.add(MODEL_ONNX, onnx).unwrap();
+    b.add("reference.bin", reference_bytes(&model)).unwrap();
     b.to_bytes().unwrap()
+}
+
+/// The reference profile: the 64 pixels of the digits test split, and the
+/// class the model predicts for each row.
+fn reference_bytes(model: &Model) -> Vec<u8> {
+    use outpost_telemetry::{ColumnData, ReferenceOptions, ReferenceProfile};
+    let dir = repo().join("runtime/tests/fixtures/digits");
+    let x = outpost_runtime::npy::read_npy(dir.join("digits_test_x.npy")).unwrap();
+    let pixels: Vec<f32> = x
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let out = model.run(vec![x]).unwrap();
+    let scores: Vec<f32> = out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let classes: Vec<Option<f64>> = scores
+        .chunks(10)
+        .map(|r| {
+            let best = (0..10).fold(0, |b, i| if r[i] > r[b] { i } else { b });
+            Some(best as f64)
+        })
+        .collect();
+    let mut columns: Vec<(String, ColumnData)> = (0..64)
+        .map(|j| {
+            let col = pixels
+                .chunks(64)
+                .map(|row| Some(f64::from(row[j])))
+                .collect();
+            (format!("px{j}"), ColumnData::Numeric(col))
+        })
+        .collect();
+    columns.push(("class".into(), ColumnData::Numeric(classes)));
+    let options = ReferenceOptions {
+        outputs: vec!["class".into()],
+        ..Default::default()
+    };
+    ReferenceProfile::from_columns(columns, &options)
+        .unwrap()
+        .to_bytes()
 }
 
 impl World {
@@ -180,6 +226,8 @@ root = "{root}"
 bind = "127.0.0.1:0"
 max_body_bytes = 65536
 max_pending = 64
+[telemetry]
+window_secs = 1
 [breaker]
 failures = 3
 open_secs = 30
@@ -232,6 +280,8 @@ pub fn free_port() -> u16 {
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    bin: &'static str,
+    conf: PathBuf,
     _dir: TempDir,
 }
 
@@ -250,9 +300,14 @@ impl Mosquitto {
         for _ in 0..5 {
             let port = free_port();
             let conf = dir.path().join("mosquitto.conf");
+            // Persistence keeps the observer's session (and the QoS 1
+            // messages queued for it) across a restart; saved on SIGTERM.
             std::fs::write(
                 &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+                format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                    dir.path().display()
+                ),
             )
             .unwrap();
             let mut child = Command::new(bin)
@@ -271,6 +326,8 @@ impl Mosquitto {
                     return Some(Mosquitto {
                         child,
                         port,
+                        bin,
+                        conf,
                         _dir: dir,
                     });
                 }
@@ -280,6 +337,31 @@ impl Mosquitto {
             let _ = child.wait();
         }
         panic!("mosquitto did not start");
+    }
+}
+
+impl Mosquitto {
+    /// Stops the broker cleanly (SIGTERM: it saves its sessions).
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port with the same config.
+    pub fn restart(&mut self) {
+        self.child = Command::new(self.bin)
+            .arg("-c")
+            .arg(&self.conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("mosquitto to listen again", Duration::from_secs(10), || {
+            TcpStream::connect(("127.0.0.1", self.port)).ok()
+        });
     }
 }
 
@@ -387,6 +469,9 @@ impl Observer {
             rumqttc::MqttOptions::new(format!("observer-{}", free_port()), "127.0.0.1", port);
         opts.set_keep_alive(Duration::from_secs(5));
         opts.set_max_packet_size(4 << 20, 4 << 20);
+        // A persistent session: messages published while the observer is
+        // reconnecting (a broker restart) are queued for it.
+        opts.set_clean_session(false);
         let (client, mut eventloop) = rt.block_on(async { rumqttc::AsyncClient::new(opts, 64) });
         let c = client.clone();
         let filter = filter.to_owned();

@@ -90,8 +90,8 @@ fn each_mistake_names_its_key() {
             "mqtt.keep_alive_secs",
         ),
         (
-            "[[models]]",
-            "[telemetry]\nwindow_secs = 0\n[[models]]",
+            "window_secs = 1",
+            "window_secs = 0",
             "telemetry.window_secs",
         ),
         (

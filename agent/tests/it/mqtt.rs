@@ -143,3 +143,122 @@ fn a_killed_agent_dies_by_its_last_will_with_the_birth_session() {
     let reborn: Birth = codec::decode(&p, 1 << 16).unwrap();
     assert!(reborn.session > birth.session);
 }
+
+/// Collects telemetry windows until their requests add up to `rows`.
+fn windows_until(
+    obs: &Observer,
+    rows: u64,
+) -> Vec<(
+    outpost_protocol::messages::TelemetryWindow,
+    outpost_telemetry::WindowProfile,
+)> {
+    use outpost_protocol::messages::TelemetryWindow;
+    use outpost_telemetry::{WINDOW_DECODE_LIMIT, WindowProfile};
+    let mut got = Vec::new();
+    let mut total = 0;
+    while total < rows {
+        let (_, p) = obs.next_where(T, |t, _| t.ends_with("/telemetry"));
+        let w: TelemetryWindow = codec::decode(&p, 1 << 20).unwrap();
+        let profile = WindowProfile::from_bytes(&w.profile, WINDOW_DECODE_LIMIT).unwrap();
+        total += profile.profile.requests;
+        got.push((w, profile));
+    }
+    assert_eq!(total, rows, "more requests profiled than sent");
+    got
+}
+
+fn infer_rows(a: &Running, rows: usize) {
+    let dir = repo().join("runtime/tests/fixtures/digits");
+    let x = outpost_runtime::npy::read_npy(dir.join("digits_test_x.npy")).unwrap();
+    let xs: Vec<f32> = x
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let body =
+        serde_json::json!({"inputs": {"input": {"shape": [rows, 64], "data": xs[..rows * 64]}}});
+    let (s, b) = post_json(&a.url("/v1/models/digits/infer"), &body);
+    assert_eq!(s, 200, "{b}");
+}
+
+#[test]
+fn every_inference_is_profiled_into_windows_published_with_qos1() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let device = "mqtt-telemetry";
+    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
+    let w = World::new();
+    let a = Running::start(w.config(device, broker.port, ""));
+    obs.next_where(T, |t, _| t.ends_with("/birth"));
+    for _ in 0..3 {
+        infer_rows(&a, 7);
+    }
+    let windows = windows_until(&obs, 21);
+    for (msg, profile) in &windows {
+        assert_eq!(msg.model.name, "digits");
+        assert_eq!(msg.window_secs, 1);
+        assert_eq!(profile.key.device, device);
+        assert_eq!(profile.key.start, msg.window_start);
+        // 64 pixel columns and the predicted class.
+        assert_eq!(profile.profile.columns.len(), 65);
+        assert_eq!(profile.profile.errors, 0);
+    }
+    // Acknowledged windows leave the outbox.
+    wait_for("an empty outbox", T, || {
+        a.state.telemetry.outbox().is_empty().then_some(())
+    });
+    let (_, metrics) = get(&a.url("/metrics"));
+    assert!(
+        metrics.contains("outpost_agent_telemetry_windows_published_total"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_broker_restart_loses_no_window_and_duplicates_none() {
+    let Some(mut broker) = Mosquitto::start() else {
+        return;
+    };
+    let device = "mqtt-restart";
+    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
+    let w = World::new();
+    let a = Running::start(w.config(device, broker.port, ""));
+    obs.next_where(T, |t, _| t.ends_with("/birth"));
+    infer_rows(&a, 5);
+    let before = windows_until(&obs, 5);
+    broker.stop();
+    wait_for("the agent to see the broker gone", T, || {
+        (!a.state
+            .mqtt_connected
+            .load(std::sync::atomic::Ordering::SeqCst))
+        .then_some(())
+    });
+    // Windows sealed while the broker is down wait in the outbox.
+    infer_rows(&a, 3);
+    wait_for("a window in the outbox", T, || {
+        (!a.state.telemetry.outbox().is_empty()).then_some(())
+    });
+    // The next requests fall in a later one-second window.
+    let s0 = now();
+    wait_for("the next second", T, || (now() > s0).then_some(()));
+    infer_rows(&a, 4);
+    wait_for("two windows in the outbox", T, || {
+        (a.state.telemetry.outbox().len() >= 2).then_some(())
+    });
+    broker.restart();
+    let after = windows_until(&obs, 7);
+    let mut keys: Vec<_> = before
+        .iter()
+        .chain(&after)
+        .map(|(m, p)| (m.window_start, p.key.model.clone()))
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "a window arrived twice");
+    wait_for("an empty outbox", T, || {
+        a.state.telemetry.outbox().is_empty().then_some(())
+    });
+}

@@ -218,6 +218,14 @@ fn golden_events() {
                 lost: "telemetry windows not yet sent".into(),
             },
         },
+        Event {
+            seq: 5,
+            at: 1_800_000_005,
+            kind: EventKind::TelemetryDropped {
+                windows: 3,
+                bytes: 12_345,
+            },
+        },
     ];
     for (i, e) in events.iter().enumerate() {
         golden(&format!("event-{i}"), e);
