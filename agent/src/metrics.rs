@@ -39,6 +39,7 @@ pub struct Metrics {
     pub breaker_open: Family<ModelLabels, Gauge>,
     pub mqtt_connected: Gauge,
     pub mqtt_reconnects: Counter,
+    pub mqtt_connect_failures: Counter,
     pub store_recreated: Counter,
     pub windows_sealed: Counter,
     pub windows_published: Counter,
@@ -60,6 +61,12 @@ impl Default for Metrics {
         let breaker_open = Family::<ModelLabels, Gauge>::default();
         let mqtt_connected = Gauge::default();
         let mqtt_reconnects = Counter::default();
+        let mqtt_connect_failures = Counter::default();
+        registry.register(
+            "mqtt_connection_errors",
+            "Broker connection attempts or connections that failed (TLS refusals included)",
+            mqtt_connect_failures.clone(),
+        );
         let store_recreated = Counter::default();
         let windows_sealed = Counter::default();
         let windows_published = Counter::default();
@@ -128,6 +135,7 @@ impl Default for Metrics {
             breaker_open,
             mqtt_connected,
             mqtt_reconnects,
+            mqtt_connect_failures,
             store_recreated,
             windows_sealed,
             windows_published,

@@ -27,7 +27,9 @@ use crate::config::{MqttConfig, TlsConfig};
 #[error("mqtt: {0}")]
 pub struct MqttSetupError(String);
 
-fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, MqttSetupError> {
+/// A rustls client config (ring provider) from PEM files: the CA to trust
+/// and, for mutual TLS, the client certificate chain and key.
+pub fn tls_config(tls: &TlsConfig) -> Result<Arc<rustls::ClientConfig>, MqttSetupError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let err = |what: &str, e: &dyn std::fmt::Display| MqttSetupError(format!("{what}: {e}"));
@@ -355,6 +357,7 @@ pub async fn run(
                     if state.mqtt_connected.swap(false, Ordering::SeqCst) {
                         state.metrics.mqtt_reconnects.inc();
                     }
+                    state.metrics.mqtt_connect_failures.inc();
                     state.metrics.mqtt_connected.set(0);
                     // The next connection is a new session: its birth and
                     // its last will carry the new number.

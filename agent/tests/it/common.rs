@@ -287,6 +287,11 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Option<Mosquitto> {
+        Self::start_with("allow_anonymous true\n")
+    }
+
+    /// A broker whose listener takes `extra` settings (TLS, ACLs).
+    pub fn start_with(extra: &str) -> Option<Mosquitto> {
         let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
             .into_iter()
             .find(|p| Path::new(p).exists());
@@ -305,7 +310,10 @@ impl Mosquitto {
             std::fs::write(
                 &conf,
                 format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+                    // `user root`: when the tests run as root, Mosquitto
+                    // would otherwise switch to its own user, which cannot
+                    // read the test's private temporary folder.
+                    "user root\nper_listener_settings false\nlistener {port} 127.0.0.1\n{extra}persistence true\npersistence_location {}/\n",
                     dir.path().display()
                 ),
             )
@@ -458,6 +466,14 @@ pub struct Observer {
 
 impl Observer {
     pub fn start(port: u16, filter: &str) -> (Observer, rumqttc::AsyncClient) {
+        Self::start_tls(port, filter, None)
+    }
+
+    pub fn start_tls(
+        port: u16,
+        filter: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> (Observer, rumqttc::AsyncClient) {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -472,6 +488,11 @@ impl Observer {
         // A persistent session: messages published while the observer is
         // reconnecting (a broker restart) are queued for it.
         opts.set_clean_session(false);
+        if let Some(tls) = tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(tls),
+            ));
+        }
         let (client, mut eventloop) = rt.block_on(async { rumqttc::AsyncClient::new(opts, 64) });
         let c = client.clone();
         let filter = filter.to_owned();
