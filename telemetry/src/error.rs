@@ -245,4 +245,11 @@ pub enum StatsError {
     /// An option is out of range (α outside (0, 1), a negative threshold).
     #[error("invalid statistics option: {0}")]
     Option(&'static str),
+    /// The canary judge's relative scale takes logs, and a cohort holds a
+    /// value at or below zero. Judge that metric on the absolute scale.
+    #[error("the {cohort} cohort holds a value <= 0, which the relative scale cannot take")]
+    NonPositive {
+        /// `"control"` or `"canary"`.
+        cohort: &'static str,
+    },
 }

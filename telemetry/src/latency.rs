@@ -100,6 +100,11 @@ impl LatencyHistogram {
         (self.count > 0).then(|| Duration::from_nanos(self.sum_nanos / self.count))
     }
 
+    /// Exact sum of every latency, in nanoseconds (saturating).
+    pub(crate) fn sum_nanos(&self) -> u64 {
+        self.sum_nanos
+    }
+
     /// Exact maximum; `None` when empty.
     pub fn max(&self) -> Option<Duration> {
         (self.count > 0).then(|| Duration::from_nanos(self.max_nanos))
@@ -117,19 +122,24 @@ impl LatencyHistogram {
         for (&index, &count) in &self.buckets {
             seen = seen.saturating_add(count);
             if seen > rank {
-                if index <= 0 {
-                    return Some(
-                        Duration::from_micros(1).min(Duration::from_nanos(self.max_nanos)),
-                    );
-                }
-                // The bucket's midpoint in relative terms: 2γ^i/(γ+1).
-                let gamma = self.gamma();
-                let micros = 2.0 * gamma.powi(index) / (gamma + 1.0);
+                let micros = self.representative_micros(index);
                 let estimate = Duration::from_secs_f64((micros / 1e6).min(1e9));
                 return Some(estimate.min(Duration::from_nanos(self.max_nanos)));
             }
         }
         self.max()
+    }
+
+    /// The value, in microseconds, that stands for bucket `index`: the
+    /// bucket's midpoint in relative terms, `2γ^i/(γ+1)`, within relative
+    /// error α of every latency in `(γ^(i-1), γ^i]` (DDSketch, §2). Bucket 0
+    /// (everything at or below 1 µs) is represented by 1 µs.
+    pub(crate) fn representative_micros(&self, index: i32) -> f64 {
+        if index <= 0 {
+            return MIN_MICROS;
+        }
+        let gamma = self.gamma();
+        2.0 * gamma.powi(index) / (gamma + 1.0)
     }
 
     /// Buckets as `(index, count)`; bucket `i > 0` covers `(γ^(i-1), γ^i]` µs.

@@ -18,6 +18,11 @@
 //!    [`jensen_shannon`] and [`chi_square`] on bins; [`kolmogorov_smirnov`],
 //!    [`wasserstein`] and [`mann_whitney`] on sketches with the sketch error
 //!    added to the decision bound.
+//! 5. For a rollout, [`canary_judge`] compares a canary [`Cohort`] with its
+//!    control (pass / fail / not yet, with the summary error in every bound)
+//!    and [`SequentialCanary`] may be consulted after every window. With
+//!    [`LaplaceNoise`] a device sends differentially private bins, and
+//!    [`psi_noisy`] / [`chi_square_noisy`] put the noise in the error bound.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -84,6 +89,7 @@ mod column;
 mod error;
 mod kll;
 mod latency;
+mod privacy;
 mod profile;
 mod recorder;
 mod reference;
@@ -97,6 +103,7 @@ pub use error::{
 };
 pub use kll::{DEFAULT_KLL_K, Kll, MIN_KLL_K, kll_k_for_rank_error, kll_rank_error};
 pub use latency::{DEFAULT_LATENCY_ACCURACY_PPM, LatencyHistogram};
+pub use privacy::{LaplaceNoise, NOISE_BOUND_FAILURE};
 pub use profile::{Profile, SegmentProfile, WINDOW_DECODE_LIMIT, WindowKey, WindowProfile};
 pub use recorder::{ProfileOptions, Recorder, Request, Value};
 pub use reference::{
@@ -105,6 +112,8 @@ pub use reference::{
 };
 pub use set::{ProfileSet, SET_DECODE_LIMIT};
 pub use stats::{
-    DriftOptions, Inconclusive, Statistic, Test, Verdict, chi_square, jensen_shannon,
-    kolmogorov_smirnov, mann_whitney, psi, wasserstein,
+    CanaryInconclusive, CanaryOptions, CanaryReport, CanaryVerdict, Cohort, CohortSums, Direction,
+    DriftOptions, Inconclusive, Scale, SequentialCanary, SequentialOptions, SequentialReport,
+    Statistic, Test, Verdict, canary_judge, chi_square, chi_square_noisy, jensen_shannon,
+    kolmogorov_smirnov, mann_whitney, psi, psi_noisy, wasserstein,
 };

@@ -9,11 +9,29 @@
 //! Exact, from fixed-bin counters ([`psi`], [`jensen_shannon`],
 //! [`chi_square`]); from KLL sketches, with the sketch error added to every
 //! decision bound ([`kolmogorov_smirnov`], [`wasserstein`], [`mann_whitney`]).
+//!
+//! Canary judgement: [`canary_judge`] compares a canary [`Cohort`] with a
+//! control cohort on one metric (Mann-Whitney, Hodges-Lehmann shift,
+//! tolerance band) and says pass, fail or not yet. [`SequentialCanary`] is
+//! the anytime-valid option (mixture SPRT on means): look after every window.
+//!
+//! Differentially private windows: [`psi_noisy`] and [`chi_square_noisy`]
+//! take bins noised by [`crate::LaplaceNoise`] and put the noise in the bound.
 
 mod binned;
+mod canary;
+mod cohort;
+mod private;
+mod sequential;
 mod sketched;
 
 pub use binned::{chi_square, jensen_shannon, psi};
+pub use canary::{
+    CanaryInconclusive, CanaryOptions, CanaryReport, CanaryVerdict, Direction, Scale, canary_judge,
+};
+pub use cohort::Cohort;
+pub use private::{chi_square_noisy, psi_noisy};
+pub use sequential::{CohortSums, SequentialCanary, SequentialOptions, SequentialReport};
 pub use sketched::{kolmogorov_smirnov, mann_whitney, wasserstein};
 
 use statrs::function::erf::{erfc, erfc_inv};

@@ -105,3 +105,36 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn fuzz_seed_corpus_decodes() {
+    // The seeds (written by `examples/fuzz_seeds.rs`) must stay valid
+    // encodings, or the fuzzers would start from rejected inputs only.
+    let corpus = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let mut seen = 0;
+    for (target, decode) in [
+        ("window_profile", decode_window as fn(&[u8]) -> bool),
+        ("reference_profile", decode_reference),
+    ] {
+        for entry in std::fs::read_dir(corpus.join(target)).unwrap() {
+            let path = entry.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(decode(&bytes), "{} does not decode", path.display());
+            seen += 1;
+        }
+    }
+    assert!(seen >= 4, "{seen} seeds");
+}
+
+fn decode_window(bytes: &[u8]) -> bool {
+    outpost_telemetry::WindowProfile::from_bytes(bytes, outpost_telemetry::WINDOW_DECODE_LIMIT)
+        .is_ok()
+}
+
+fn decode_reference(bytes: &[u8]) -> bool {
+    outpost_telemetry::ReferenceProfile::from_bytes(
+        bytes,
+        outpost_telemetry::REFERENCE_DECODE_LIMIT,
+    )
+    .is_ok()
+}
