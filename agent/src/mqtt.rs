@@ -420,6 +420,23 @@ fn publish_event(
     out.publish(topic(TopicKind::Events), ev, false, None);
 }
 
+/// Reports a refused command as a `VerificationFailed` event.
+fn refused(
+    state: &AgentState,
+    out: &mut Publisher,
+    topic: &impl Fn(TopicKind) -> String,
+    directive: Option<u64>,
+    check: &str,
+    detail: String,
+) {
+    let kind = EventKind::VerificationFailed {
+        directive,
+        check: check.to_owned(),
+        detail,
+    };
+    publish_event(state, out, topic, kind);
+}
+
 /// Verifies a command and acts on what the serving half handles (rebirth).
 /// Deploy, shadow, rollback and retire belong to the update half.
 fn handle_command(
@@ -432,34 +449,13 @@ fn handle_command(
     let cmd = match DeviceMessage::decode(TopicKind::Commands, payload) {
         Ok(DeviceMessage::Command(c)) => c,
         Ok(_) => return,
-        Err(e) => {
-            publish_event(
-                state,
-                out,
-                topic,
-                EventKind::VerificationFailed {
-                    directive: None,
-                    check: "decode".into(),
-                    detail: e.to_string(),
-                },
-            );
-            return;
-        }
+        Err(e) => return refused(state, out, topic, None, "decode", e.to_string()),
     };
     match state.decide(&cmd) {
         Err(e) => {
             tracing::warn!(check = e.check(), error = %e, "command refused");
             let seq = cmd.directive.decode_unverified().ok().map(|d| d.sequence);
-            publish_event(
-                state,
-                out,
-                topic,
-                EventKind::VerificationFailed {
-                    directive: seq,
-                    check: e.check().into(),
-                    detail: e.to_string(),
-                },
-            );
+            refused(state, out, topic, seq, e.check(), e.to_string());
         }
         Ok(d) => match d.directive.action {
             DirectiveAction::Rebirth => publish_birth_and_state(state, out, topic, session),

@@ -17,6 +17,7 @@ use outpost_runtime::Tensor;
 use outpost_telemetry::{ProfileOptions, Recorder, ReferenceProfile, Request, Value, WindowKey};
 
 use crate::serve::LoadedModel;
+use crate::serve::tensor::argmax;
 use crate::store::{Dropped, Outbox};
 
 /// Per-(model, version) recorders of the current window.
@@ -266,15 +267,6 @@ fn profile_rows(
         }
     }
     true
-}
-
-fn argmax(row: &[f64]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f64::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv { (i, v) } else { (bi, bv) }
-        })
-        .0
 }
 
 /// The top class probability: the row's max if it already is a

@@ -166,16 +166,16 @@ pub fn argmax_rows(t: &Tensor) -> Option<Vec<usize>> {
     if width == 0 {
         return None;
     }
-    Some(
-        s.chunks(width)
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-                        if v > bv { (i, v) } else { (bi, bv) }
-                    })
-                    .0
-            })
-            .collect(),
-    )
+    Some(s.chunks(width).map(argmax).collect())
+}
+
+/// Index of the largest value (the first on ties; NaN never wins).
+pub fn argmax<T: PartialOrd + Copy>(row: &[T]) -> usize {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if row.get(best).is_none_or(|b| v > b) {
+            best = i;
+        }
+    }
+    best
 }

@@ -6,33 +6,6 @@ use serde_json::{Value, json};
 
 use crate::common::*;
 
-/// Digits test rows (64 pixels in [0, 1]) and their labels.
-fn digits(n: usize) -> (Vec<Vec<f32>>, Vec<i64>) {
-    let dir = repo().join("runtime/tests/fixtures/digits");
-    let x = outpost_runtime::npy::read_npy(dir.join("digits_test_x.npy")).unwrap();
-    let y = outpost_runtime::npy::read_npy(dir.join("digits_test_y.npy")).unwrap();
-    let xs: Vec<f32> = x
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    let ys: Vec<i64> = y
-        .to_plain_array_view::<i64>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    (
-        xs.chunks(64).take(n).map(<[f32]>::to_vec).collect(),
-        ys.into_iter().take(n).collect(),
-    )
-}
-
-fn request(rows: &[Vec<f32>]) -> Value {
-    json!({"inputs": {"input": {"shape": [rows.len(), 64], "data": rows.concat()}}})
-}
-
 fn agent(w: &World, device: &str, extra: &str) -> Running {
     // No broker on port 1: the MQTT side retries in the background; the
     // local API serves regardless.

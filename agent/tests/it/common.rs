@@ -99,14 +99,9 @@ pub fn package_bytes(name: &str, version: &str) -> Vec<u8> {
 /// class the model predicts for each row.
 fn reference_bytes(model: &Model) -> Vec<u8> {
     use outpost_telemetry::{ColumnData, ReferenceOptions, ReferenceProfile};
-    let dir = repo().join("runtime/tests/fixtures/digits");
-    let x = outpost_runtime::npy::read_npy(dir.join("digits_test_x.npy")).unwrap();
-    let pixels: Vec<f32> = x
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
+    let (rows, _) = digits(450);
+    let pixels: Vec<f32> = rows.concat();
+    let x = outpost_runtime::Tensor::from_shape(&[rows.len(), 64], &pixels).unwrap();
     let out = model.run(vec![x]).unwrap();
     let scores: Vec<f32> = out[0]
         .to_plain_array_view::<f32>()
@@ -562,4 +557,32 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The first `n` digits test rows (64 pixels in [0, 1]) and their labels.
+pub fn digits(n: usize) -> (Vec<Vec<f32>>, Vec<i64>) {
+    let dir = repo().join("runtime/tests/fixtures/digits");
+    let x = outpost_runtime::npy::read_npy(dir.join("digits_test_x.npy")).unwrap();
+    let y = outpost_runtime::npy::read_npy(dir.join("digits_test_y.npy")).unwrap();
+    let xs: Vec<f32> = x
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let ys: Vec<i64> = y
+        .to_plain_array_view::<i64>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    (
+        xs.chunks(64).take(n).map(<[f32]>::to_vec).collect(),
+        ys.into_iter().take(n).collect(),
+    )
+}
+
+/// An inference request body for `rows`.
+pub fn request(rows: &[Vec<f32>]) -> serde_json::Value {
+    serde_json::json!({"inputs": {"input": {"shape": [rows.len(), 64], "data": rows.concat()}}})
 }

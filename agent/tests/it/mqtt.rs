@@ -179,17 +179,7 @@ fn windows_until(obs: &Observer, rows: u64, earlier: &[Window]) -> Vec<Window> {
 }
 
 fn infer_rows(a: &Running, rows: usize) {
-    let dir = repo().join("runtime/tests/fixtures/digits");
-    let x = outpost_runtime::npy::read_npy(dir.join("digits_test_x.npy")).unwrap();
-    let xs: Vec<f32> = x
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    let body =
-        serde_json::json!({"inputs": {"input": {"shape": [rows, 64], "data": xs[..rows * 64]}}});
-    let (s, b) = post_json(&a.url("/v1/models/digits/infer"), &body);
+    let (s, b) = post_json(&a.url("/v1/models/digits/infer"), &request(&digits(rows).0));
     assert_eq!(s, 200, "{b}");
 }
 

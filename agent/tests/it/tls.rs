@@ -199,6 +199,15 @@ fn tls_config_text(
     )
 }
 
+/// An agent for `device` holding a certificate for `cn` signed by `ca`.
+fn tls_agent(w: &World, pki: &Pki, port: u16, device: &str, cn: &str, ca: &str) -> Running {
+    let (cert, key) = pki.client(cn, ca);
+    let text = tls_config_text(w, device, port, pki, &cert, &key);
+    let config =
+        outpost_agent::config::AgentConfig::parse(&text, Path::new("agent.toml"), w.dir.path());
+    Running::start(config.unwrap())
+}
+
 #[test]
 fn mutual_tls_identity_and_acl_are_enforced_by_the_broker() {
     let dir = tempfile::tempdir().unwrap();
@@ -218,12 +227,7 @@ fn mutual_tls_identity_and_acl_are_enforced_by_the_broker() {
     let w = World::new();
 
     // The device's certificate CN is its id: birth goes through.
-    let (cert, key) = pki.client("tls-dev", "ca");
-    let text = tls_config_text(&w, "tls-dev", broker.port, &pki, &cert, &key);
-    let config =
-        outpost_agent::config::AgentConfig::parse(&text, Path::new("agent.toml"), w.dir.path())
-            .unwrap();
-    let a = Running::start(config);
+    let a = tls_agent(&w, &pki, broker.port, "tls-dev", "tls-dev", "ca");
     let (topic, p) = obs.next_where(T, |t, _| t.ends_with("/birth"));
     assert_eq!(topic, "outpost/v1/devices/tls-dev/birth");
     let birth: Birth = codec::decode(&p, 1 << 16).unwrap();
@@ -233,12 +237,7 @@ fn mutual_tls_identity_and_acl_are_enforced_by_the_broker() {
     // A device whose certificate says another id: the ACL drops its
     // publishes under tls-dev-2 (Mosquitto drops unauthorised publishes
     // silently), while its own connection succeeds.
-    let (cert, key) = pki.client("impostor", "ca");
-    let text = tls_config_text(&w, "tls-dev-2", broker.port, &pki, &cert, &key);
-    let config =
-        outpost_agent::config::AgentConfig::parse(&text, Path::new("agent.toml"), w.dir.path())
-            .unwrap();
-    let a = Running::start(config);
+    let a = tls_agent(&w, &pki, broker.port, "tls-dev-2", "impostor", "ca");
     wait_for("the impostor to connect", T, || {
         a.state
             .mqtt_connected
@@ -248,12 +247,7 @@ fn mutual_tls_identity_and_acl_are_enforced_by_the_broker() {
     drop(a);
     // Then a device the observer can see again proves the channel is live
     // and that nothing of tls-dev-2 came through before it.
-    let (cert, key) = pki.client("tls-dev-3", "ca");
-    let text = tls_config_text(&w, "tls-dev-3", broker.port, &pki, &cert, &key);
-    let config =
-        outpost_agent::config::AgentConfig::parse(&text, Path::new("agent.toml"), w.dir.path())
-            .unwrap();
-    let _a3 = Running::start(config);
+    let _a3 = tls_agent(&w, &pki, broker.port, "tls-dev-3", "tls-dev-3", "ca");
     let (topic, _) = obs.next_where(T, |t, _| t.ends_with("/birth") || t.contains("tls-dev-2"));
     assert_eq!(topic, "outpost/v1/devices/tls-dev-3/birth");
 }
@@ -268,12 +262,7 @@ fn a_client_certificate_from_another_ca_is_refused() {
         return;
     };
     let w = World::new();
-    let (cert, key) = pki.client("tls-rogue", "other-ca");
-    let text = tls_config_text(&w, "tls-rogue", broker.port, &pki, &cert, &key);
-    let config =
-        outpost_agent::config::AgentConfig::parse(&text, Path::new("agent.toml"), w.dir.path())
-            .unwrap();
-    let a = Running::start(config);
+    let a = tls_agent(&w, &pki, broker.port, "tls-rogue", "tls-rogue", "other-ca");
     wait_for("two refused connection attempts", T, || {
         let (_, m) = get(&a.url("/metrics"));
         let n: u64 = m
