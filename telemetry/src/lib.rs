@@ -22,7 +22,8 @@
 //!    control (pass / fail / not yet, with the summary error in every bound)
 //!    and [`SequentialCanary`] may be consulted after every window. With
 //!    [`LaplaceNoise`] a device sends differentially private bins, and
-//!    [`psi_noisy`] / [`chi_square_noisy`] put the noise in the error bound.
+//!    [`psi_noisy`] / [`jensen_shannon_noisy`] / [`chi_square_noisy`] put the
+//!    noise in the error bound.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -115,5 +116,5 @@ pub use stats::{
     CanaryInconclusive, CanaryOptions, CanaryReport, CanaryVerdict, Cohort, CohortSums, Direction,
     DriftOptions, Inconclusive, Scale, SequentialCanary, SequentialOptions, SequentialReport,
     Statistic, Test, Verdict, canary_judge, chi_square, chi_square_noisy, jensen_shannon,
-    kolmogorov_smirnov, mann_whitney, psi, psi_noisy, wasserstein,
+    jensen_shannon_noisy, kolmogorov_smirnov, mann_whitney, psi, psi_noisy, wasserstein,
 };

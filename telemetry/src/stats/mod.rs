@@ -15,7 +15,7 @@
 //! tolerance band) and says pass, fail or not yet. [`SequentialCanary`] is
 //! the anytime-valid option (mixture SPRT on means): look after every window.
 //!
-//! Differentially private windows: [`psi_noisy`] and [`chi_square_noisy`]
+//! Differentially private windows: [`psi_noisy`], [`jensen_shannon_noisy`] and [`chi_square_noisy`]
 //! take bins noised by [`crate::LaplaceNoise`] and put the noise in the bound.
 
 mod binned;
@@ -30,7 +30,7 @@ pub use canary::{
     CanaryInconclusive, CanaryOptions, CanaryReport, CanaryVerdict, Direction, Scale, canary_judge,
 };
 pub use cohort::Cohort;
-pub use private::{chi_square_noisy, psi_noisy};
+pub use private::{chi_square_noisy, jensen_shannon_noisy, psi_noisy};
 pub use sequential::{CohortSums, SequentialCanary, SequentialOptions, SequentialReport};
 pub use sketched::{kolmogorov_smirnov, mann_whitney, wasserstein};
 

@@ -1,5 +1,5 @@
-//! PSI and chi-square on a window's noisy (differentially private) bins,
-//! with the noise in the error bound.
+//! PSI, Jensen-Shannon and chi-square on a window's noisy (differentially
+//! private) bins, with the noise in the error bound.
 //!
 //! How the noise is accounted for: with probability ≥ 99 % every noisy
 //! count is within `Δ =` [`LaplaceNoise::count_bound`] of the true count
@@ -8,7 +8,8 @@
 //! current total), and each term is convex in that proportion with its
 //! minimum, 0, at the reference proportion. So from the box of true counts
 //! `[c' − Δ, c' + Δ]` each term's range is exact at the box's ends, and
-//! the true statistic lies in `[Σ minᵢ, Σ maxᵢ]`. `error_bound` is the
+//! the true statistic lies in `[Σ minᵢ, Σ maxᵢ]` (for JS, the divergence
+//! does; the distance is its increasing square root). `error_bound` is the
 //! larger distance from the reported value to those ends. The verdict is
 //! drift only if the low end is drift, no drift only if the high end is
 //! not, and [`Inconclusive::WithinErrorBound`] otherwise, so noise can make
@@ -158,6 +159,96 @@ pub fn psi_noisy(
         value,
         error_bound,
         p_value: Some(p_at(value)),
+        threshold,
+        verdict,
+    })
+}
+
+/// [`super::jensen_shannon`] on noisy current counts, its error bound
+/// covering the noise. The divergence (nats) is `Σ ½·[pᵢ·ln(2pᵢ/(pᵢ+qᵢ)) +
+/// qᵢ·ln(2qᵢ/(pᵢ+qᵢ))]`; each term is `pᵢ·φ(qᵢ/pᵢ)` with `φ` convex (an
+/// f-divergence term) and zero at `qᵢ = pᵢ`, so its range over the box is
+/// at the box's ends; the distance `√(JSD/ln 2)` is increasing in the sum,
+/// so its range is the square roots of the sum's. No pseudo-counts, as in
+/// the plain JS: a bin empty on both sides adds 0 there, and its box term
+/// covers the counts the noise may hide. The p-value and verdict are as
+/// for [`psi_noisy`], with `8·nₑ·JSD ≈ X²` on every bin (each bin's box can
+/// hold data, so none is dropped from the degrees of freedom).
+///
+/// # Errors
+/// [`StatsError::BinMismatch`], [`StatsError::Option`].
+pub fn jensen_shannon_noisy(
+    reference: &[u64],
+    current: &[u64],
+    noise: &LaplaceNoise,
+    options: &DriftOptions,
+) -> Result<Statistic, StatsError> {
+    options.check()?;
+    let s = Noisy::new(reference, current, noise)?;
+    let term = |p: f64| {
+        move |q: f64| {
+            let mid = 0.5 * (p + q);
+            // 0·ln 0 = 0; `mid` > 0 whenever p or q is.
+            [p, q]
+                .into_iter()
+                .filter(|&x| x > 0.0)
+                .map(|x| 0.5 * x * (x / mid).ln())
+                .sum::<f64>()
+        }
+    };
+    let shares = |counts: &[f64], total: f64| -> Vec<f64> {
+        counts.iter().map(|c| c / total.max(1.0)).collect()
+    };
+    let p = shares(&s.reference, s.n);
+    let q = shares(&s.current, s.m);
+    // The plain JS is 0 when either side is empty; keep that convention.
+    let value_nats: f64 = if s.n > 0.0 && s.m > 0.0 {
+        p.iter().zip(&q).map(|(&pi, &qi)| term(pi)(qi)).sum()
+    } else {
+        0.0
+    };
+    let (mut low, mut high) = (0.0, 0.0);
+    if s.n > 0.0 {
+        for (i, &pi) in p.iter().enumerate() {
+            let (lo, hi) = s.share_range(i, 0.0);
+            let (a, z) = term_range(term(pi), lo, hi, pi);
+            low += a;
+            high += z;
+        }
+    }
+    // The box may hold an empty window (every low end 0), where the true
+    // JS is 0 by the convention above, which the per-bin minima miss.
+    if s.low.iter().sum::<f64>() <= 0.0 {
+        low = 0.0;
+    }
+    let distance = |nats: f64| (nats.max(0.0) / std::f64::consts::LN_2).sqrt().min(1.0);
+    let value = distance(value_nats);
+    let (d_low, d_high) = (distance(low), distance(high));
+    let error_bound = (value - d_low).max(d_high - value).max(0.0);
+    if s.too_small(options) || p.len() < 2 {
+        return Ok(inconclusive(
+            Test::JensenShannon,
+            value,
+            error_bound,
+            Inconclusive::NotEnoughData,
+        ));
+    }
+    let n_eff = s.n * s.m / (s.n + s.m);
+    let df = (p.len() - 1) as f64;
+    let p_at = |nats: f64| sf(df, 8.0 * n_eff * nats).unwrap_or(1.0);
+    let threshold = options.js_threshold;
+    let verdict = if d_low >= threshold && p_at(low) < options.alpha {
+        Verdict::Drift
+    } else if d_high < threshold || p_at(high) >= options.alpha {
+        Verdict::NoDrift
+    } else {
+        Verdict::Inconclusive(Inconclusive::WithinErrorBound)
+    };
+    Ok(Statistic {
+        test: Test::JensenShannon,
+        value,
+        error_bound,
+        p_value: Some(p_at(value_nats)),
         threshold,
         verdict,
     })

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use outpost_telemetry::{
     ColumnProfile, DriftOptions, LaplaceNoise, ProfileOptions, Recorder, ReferenceKind,
-    ReferenceProfile, Request, Value, Verdict, chi_square, chi_square_noisy, psi_noisy,
+    ReferenceProfile, Request, Value, Verdict, chi_square, chi_square_noisy, jensen_shannon,
+    jensen_shannon_noisy, psi_noisy,
 };
 
 use crate::common::{key, mixed_reference, normal, normal_reference, rng};
@@ -131,6 +132,97 @@ fn noisy_psi_still_flags_a_large_shift_at_epsilon_one() {
     }
     eprintln!("ε 1, 0.5 sd shift: noisy PSI flags {flagged} of {runs}");
     assert_eq!(flagged, runs);
+}
+
+#[test]
+fn js_error_bound_covers_the_noise_and_grows_as_epsilon_shrinks() {
+    let reference = normal_reference(1, 20_000, 61);
+    let reference_bins = reference.columns()[0].bins().to_vec();
+    let truth = bins(&reference, 10_000, 0.1, 62);
+    let true_js = jensen_shannon(&reference_bins, &truth, &options())
+        .unwrap()
+        .value;
+    // On noise-free bins the value is the plain JS (no pseudo-counts).
+    let exact = LaplaceNoise::new(1.0).unwrap();
+    let same = jensen_shannon_noisy(&reference_bins, &truth, &exact, &options()).unwrap();
+    assert!(
+        (same.value - true_js).abs() < 1e-12,
+        "{same:?} vs {true_js}"
+    );
+    let mut noise_rng = rng(64);
+    let runs = 200;
+    let mut previous = 0.0f64;
+    for epsilon in [8.0, 2.0, 0.5, 0.125] {
+        let noise = LaplaceNoise::new(epsilon).unwrap();
+        let (mut bound_sum, mut covered) = (0.0f64, 0u32);
+        for _ in 0..runs {
+            let noisy = noise.privatize_counts(&truth, &mut noise_rng);
+            let s = jensen_shannon_noisy(&reference_bins, &noisy, &noise, &options()).unwrap();
+            bound_sum += s.error_bound;
+            covered += u32::from((s.value - true_js).abs() <= s.error_bound);
+        }
+        let mean = bound_sum / f64::from(runs);
+        eprintln!(
+            "ε {epsilon}: mean error bound JS {mean:.5} (JS {true_js:.4}); covered {covered} of {runs}"
+        );
+        // ≥ 99 % by design; the box bound is conservative, so nearly all.
+        assert!(covered >= runs - 2, "ε {epsilon}: {covered}");
+        assert!(mean > previous, "ε {epsilon}: {mean} vs {previous}");
+        previous = mean;
+    }
+}
+
+#[test]
+fn noisy_js_keeps_alpha_and_still_flags_a_large_shift() {
+    let reference = normal_reference(1, 20_000, 71);
+    let reference_bins = reference.columns()[0].bins().to_vec();
+    let noise = LaplaceNoise::new(0.05).unwrap(); // variance 800 per bin
+    let mut noise_rng = rng(74);
+    let runs = 300u64;
+    let mut false_drift = 0u64;
+    for run in 0..runs {
+        let noisy =
+            noise.privatize_counts(&bins(&reference, 10_000, 0.0, 75 + run), &mut noise_rng);
+        let s = jensen_shannon_noisy(&reference_bins, &noisy, &noise, &options()).unwrap();
+        false_drift += u64::from(s.verdict == Verdict::Drift);
+    }
+    let slack = ALPHA * runs as f64 + 3.0 * (runs as f64 * ALPHA * (1.0 - ALPHA)).sqrt();
+    eprintln!(
+        "ε 0.05, N(0,1) windows of 10,000, {runs} runs: false positives noise-aware JS {:.3}",
+        false_drift as f64 / runs as f64
+    );
+    assert!(false_drift as f64 <= slack, "{false_drift}");
+    // A 0.5 sd mean shift (JS distance ≈ 0.2 on 10 equal-mass bins) at ε 1.
+    let noise = LaplaceNoise::new(1.0).unwrap();
+    let runs = 100u64;
+    let mut flagged = 0;
+    for run in 0..runs {
+        let noisy =
+            noise.privatize_counts(&bins(&reference, 10_000, 0.5, 383 + run), &mut noise_rng);
+        let s = jensen_shannon_noisy(&reference_bins, &noisy, &noise, &options()).unwrap();
+        flagged += u64::from(s.verdict == Verdict::Drift);
+    }
+    eprintln!("ε 1, 0.5 sd shift: noisy JS flags {flagged} of {runs}");
+    assert_eq!(flagged, runs);
+}
+
+#[test]
+fn noisy_js_edge_cases() {
+    let noise = LaplaceNoise::new(1.0).unwrap();
+    let options = options();
+    assert!(jensen_shannon_noisy(&[1, 2], &[1, 2, 3], &noise, &options).is_err());
+    // An empty reference: JS is 0 by convention, and so is every true value.
+    let s = jensen_shannon_noisy(&[0, 0, 0], &[40, 0, 3], &noise, &options).unwrap();
+    assert_eq!((s.value, s.error_bound), (0.0, 0.0));
+    assert_eq!(
+        s.verdict,
+        Verdict::Inconclusive(outpost_telemetry::Inconclusive::NotEnoughData)
+    );
+    // Noisy counts all 0: the true window may be empty (JS 0) or not, so
+    // the bound reaches from 0 to what Δ per bin allows.
+    let s = jensen_shannon_noisy(&[500, 500], &[0, 0], &noise, &options).unwrap();
+    assert_eq!(s.value, 0.0);
+    assert!(s.error_bound > 0.0 && s.error_bound <= 1.0, "{s:?}");
 }
 
 #[test]
