@@ -180,14 +180,15 @@ impl Default for RawApi {
 #[serde(deny_unknown_fields, default)]
 struct RawTelemetry {
     window_secs: u32,
-    outbox_budget_mb: u64,
+    /// Fractions allowed (0.5 = 512 KiB) for small devices.
+    outbox_budget_mb: f64,
 }
 
 impl Default for RawTelemetry {
     fn default() -> Self {
         RawTelemetry {
             window_secs: 60,
-            outbox_budget_mb: 64,
+            outbox_budget_mb: 64.0,
         }
     }
 }
@@ -306,10 +307,11 @@ impl AgentConfig {
                 format!("{} is not between 1 and 86400", raw.telemetry.window_secs),
             ));
         }
-        if raw.telemetry.outbox_budget_mb == 0 {
+        let budget = raw.telemetry.outbox_budget_mb;
+        if !(budget.is_finite() && (0.001..=1_048_576.0).contains(&budget)) {
             return Err(invalid(
                 "telemetry.outbox_budget_mb",
-                "must be at least 1".into(),
+                format!("{budget} is not between 0.001 (1 KB) and 1048576 (1 TiB)"),
             ));
         }
         if raw.shadow.cpu_budget_percent > 100 {
@@ -367,7 +369,7 @@ impl AgentConfig {
             },
             telemetry: TelemetryConfig {
                 window_secs: raw.telemetry.window_secs,
-                outbox_budget_bytes: raw.telemetry.outbox_budget_mb << 20,
+                outbox_budget_bytes: (budget * 1_048_576.0) as u64,
             },
             shadow_cpu_budget_percent: raw.shadow.cpu_budget_percent,
             breaker: BreakerConfig {

@@ -66,6 +66,12 @@ pub fn target_profile() -> &'static str {
 }
 
 pub fn package_bytes(name: &str, version: &str) -> Vec<u8> {
+    package_bytes_with(name, version, true)
+}
+
+/// The digits MLP as a package, with or without its reference profile
+/// (without one, the agent serves it unprofiled).
+pub fn package_bytes_with(name: &str, version: &str, with_reference: bool) -> Vec<u8> {
     let onnx = std::fs::read(repo().join("runtime/tests/fixtures/digits/mlp_fp32.onnx")).unwrap();
     let model = Model::from_onnx_bytes(&onnx, name, None, &LoadOptions::default()).unwrap();
     let info = model.info();
@@ -91,7 +97,9 @@ pub fn package_bytes(name: &str, version: &str) -> Vec<u8> {
     };
     let mut b = PackageBuilder::new(manifest);
     b.add(MODEL_ONNX, onnx).unwrap();
-    b.add("reference.bin", reference_bytes(&model)).unwrap();
+    if with_reference {
+        b.add("reference.bin", reference_bytes(&model)).unwrap();
+    }
     b.to_bytes().unwrap()
 }
 

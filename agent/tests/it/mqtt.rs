@@ -261,3 +261,48 @@ fn a_broker_restart_loses_no_window_and_duplicates_none() {
         a.state.telemetry.outbox().is_empty().then_some(())
     });
 }
+
+#[test]
+fn windows_over_the_outbox_budget_are_dropped_counted_and_reported() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let device = "mqtt-drops";
+    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
+    let w = World::new();
+    // 1 KB: smaller than any window of 65 columns.
+    let text = w.config_text(device, broker.port, "").replace(
+        "window_secs = 1",
+        "window_secs = 1\noutbox_budget_mb = 0.001",
+    );
+    let config = outpost_agent::config::AgentConfig::parse(
+        &text,
+        std::path::Path::new("agent.toml"),
+        w.dir.path(),
+    )
+    .unwrap();
+    let a = Running::start(config);
+    obs.next_where(T, |t, _| t.ends_with("/birth"));
+    infer_rows(&a, 3);
+    let (_, p) = obs.next_where(T, |t, _| t.ends_with("/events"));
+    let ev: Event = codec::decode(&p, 1 << 16).unwrap();
+    match ev.kind {
+        EventKind::TelemetryDropped { windows, bytes } => {
+            assert!(windows >= 1);
+            assert!(
+                bytes > 1024,
+                "a dropped window is over the 1 KB budget: {bytes}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let (_, metrics) = get(&a.url("/metrics"));
+    assert!(
+        metrics.lines().any(
+            |l| l.starts_with("outpost_agent_telemetry_windows_dropped_total ")
+                && !l.ends_with(" 0")
+        ),
+        "{metrics}"
+    );
+    assert!(a.state.telemetry.outbox().is_empty());
+}
