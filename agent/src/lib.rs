@@ -219,6 +219,12 @@ impl AgentState {
         self.note_dropped(d);
     }
 
+    /// Seals every open window, ended or not (on shutdown).
+    pub fn seal_all(&self) {
+        let d = self.telemetry.seal_due(u64::MAX);
+        self.note_dropped(d);
+    }
+
     /// What `GET /v1/status` and `outpost-agent status` show.
     pub fn status_json(&self) -> serde_json::Value {
         let (root_version, last_directive) = self.trust_summary();

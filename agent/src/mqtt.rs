@@ -288,7 +288,8 @@ pub async fn run(
         tokio::select! {
             // Cancellation-safe: `changed` only observes the watch.
             _ = shutdown.changed() => {
-                state.seal_due();
+                // Partial windows too: they wait in the outbox for the next run.
+                state.seal_all();
                 let death = state.encode(&DeviceMessage::Death(Death { session }));
                 let _ = client.try_publish(topic(TopicKind::Death), QoS::AtLeastOnce, false, death);
                 let _ = client.try_disconnect();

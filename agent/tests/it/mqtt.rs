@@ -306,3 +306,33 @@ fn windows_over_the_outbox_budget_are_dropped_counted_and_reported() {
     );
     assert!(a.state.telemetry.outbox().is_empty());
 }
+
+#[test]
+fn a_clean_stop_keeps_the_open_window_for_the_next_run() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let device = "mqtt-stop";
+    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
+    let w = World::new();
+    // A window far longer than the test: only the stop can seal it.
+    let text = w
+        .config_text(device, broker.port, "")
+        .replace("window_secs = 1", "window_secs = 3600");
+    let config = outpost_agent::config::AgentConfig::parse(
+        &text,
+        std::path::Path::new("agent.toml"),
+        w.dir.path(),
+    )
+    .unwrap();
+    let a = Running::start(config.clone());
+    obs.next_where(T, |t, _| t.ends_with("/birth"));
+    infer_rows(&a, 4);
+    drop(a);
+    obs.next_where(T, |t, _| t.ends_with("/death"));
+    // The next run publishes it from the persisted outbox.
+    let _a = Running::start(config);
+    let got = windows_until(&obs, 4, &[]);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1.key.length, 3600);
+}
