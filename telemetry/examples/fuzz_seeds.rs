@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use outpost_telemetry::{
-    ColumnData, ProfileOptions, Recorder, ReferenceOptions, ReferenceProfile, Request, Value,
-    WindowKey,
+    ColumnData, Feedback, ProfileOptions, Recorder, ReferenceOptions, ReferenceProfile, Request,
+    Value, WindowKey,
 };
 
 fn main() -> Result<(), Box<dyn Error>> {
@@ -78,6 +78,14 @@ fn main() -> Result<(), Box<dyn Error>> {
                 confidence: Some(f64::from(i % 10) / 10.0),
                 segment: Some(if i % 2 == 0 { "eu" } else { "us" }),
             })?;
+            // Ground truth for some requests, one class over the cap.
+            if i % 3 == 0 {
+                recorder.feedback(&Feedback {
+                    predicted: (i % 4) as usize,
+                    actual: if i == 9 { 70 } else { (i % 5) as usize },
+                    segment: (i % 2 == 0).then_some("eu"),
+                })?;
+            }
         }
         write(
             &corpus,

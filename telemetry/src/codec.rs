@@ -6,25 +6,37 @@ use serde::de::DeserializeOwned;
 
 use crate::error::DecodeError;
 
-/// Format version of every encoding this crate writes.
-pub(crate) const FORMAT_VERSION: u8 = 1;
+/// Format version of reference encodings (`reference.bin` in packages).
+pub(crate) const REFERENCE_VERSION: u8 = 1;
 
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    let mut out = vec![FORMAT_VERSION];
-    // Serializing into a Vec cannot fail for these types (no maps with
-    // non-string-like keys, no unsized sequences); an empty body would be
-    // rejected on decode, so a failure can never pass as a valid profile.
+/// Format version of window profiles and profile sets. Version 2 added
+/// ground-truth feedback (a [`crate::Confusion`] per window and segment);
+/// version 1 windows still decode, with empty feedback.
+pub(crate) const WINDOW_VERSION: u8 = 2;
+
+/// The first window format version that this build still reads.
+pub(crate) const OLDEST_WINDOW_VERSION: u8 = 1;
+
+pub(crate) fn encode<T: Serialize>(version: u8, value: &T) -> Vec<u8> {
+    let mut out = vec![version];
+    // Serializing into a Vec cannot fail for these types (no unsized
+    // sequences); an empty body would be rejected on decode, so a failure
+    // can never pass as a valid profile.
     if let Ok(body) = postcard::to_extend(value, Vec::new()) {
         out.extend_from_slice(&body);
     }
     out
 }
 
-pub(crate) fn decode<T: DeserializeOwned>(
+/// Checks the size limit and the version byte (one of `oldest..=newest`);
+/// returns the version and the body.
+pub(crate) fn split<'a>(
     what: &'static str,
-    bytes: &[u8],
+    bytes: &'a [u8],
     limit: usize,
-) -> Result<T, DecodeError> {
+    oldest: u8,
+    newest: u8,
+) -> Result<(u8, &'a [u8]), DecodeError> {
     if bytes.len() > limit {
         return Err(DecodeError::TooLarge {
             what,
@@ -33,13 +45,18 @@ pub(crate) fn decode<T: DeserializeOwned>(
         });
     }
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty { what })?;
-    if version != FORMAT_VERSION {
+    if !(oldest..=newest).contains(&version) {
         return Err(DecodeError::UnsupportedVersion {
             what,
             found: version,
-            supported: FORMAT_VERSION,
+            supported: newest,
         });
     }
+    Ok((version, body))
+}
+
+/// Decodes a whole postcard body (trailing bytes are an error).
+pub(crate) fn body<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, DecodeError> {
     let (value, rest) =
         postcard::take_from_bytes(body).map_err(|source| DecodeError::Postcard { what, source })?;
     if !rest.is_empty() {
@@ -49,6 +66,17 @@ pub(crate) fn decode<T: DeserializeOwned>(
         });
     }
     Ok(value)
+}
+
+/// Decodes an encoding that has exactly one readable version.
+pub(crate) fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    limit: usize,
+    version: u8,
+) -> Result<T, DecodeError> {
+    let (_, rest) = split(what, bytes, limit, version, version)?;
+    body(what, rest)
 }
 
 /// FNV-1a, 64-bit: a stable, dependency-free fingerprint for references.

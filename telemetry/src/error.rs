@@ -120,6 +120,14 @@ pub enum InvalidReason {
         /// The column.
         column: String,
     },
+    /// A confusion matrix stores a zero count (a non-canonical encoding).
+    #[error("confusion cell ({predicted}, {actual}) holds a zero count")]
+    ZeroConfusionCell {
+        /// Predicted class index of the cell.
+        predicted: u32,
+        /// Actual class index of the cell.
+        actual: u32,
+    },
     /// A valid range whose bounds are not ordered finite numbers.
     #[error("valid range of column {column} is not ordered finite numbers")]
     Range {

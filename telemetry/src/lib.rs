@@ -9,7 +9,9 @@
 //!    [`ReferenceProfile::to_bytes`] is the package's `reference.bin`.
 //! 2. On the device, a [`Recorder`] counts each [`Request`] into a window:
 //!    exact bins, a DataSketches KLL sketch, completeness counters, a
-//!    latency histogram, confidence, errors, optional segments.
+//!    latency histogram, confidence, errors, optional segments;
+//!    [`Recorder::feedback`] adds late ground-truth labels to a sparse
+//!    [`Confusion`] matrix per window and segment.
 //!    [`WindowProfile::to_bytes`] is what the telemetry message carries.
 //! 3. On the server, [`WindowProfile::from_bytes`] decodes with a size limit
 //!    (typed errors, never a panic); a [`ProfileSet`] keeps each window once,
@@ -87,6 +89,7 @@
 mod bins;
 mod codec;
 mod column;
+mod confusion;
 mod error;
 mod kll;
 mod latency;
@@ -99,6 +102,7 @@ pub mod stats;
 
 pub use bins::{BinEdges, CONFIDENCE_BINS, ConfidenceHistogram};
 pub use column::{CategoricalProfile, ColumnProfile, Completeness, NumericProfile};
+pub use confusion::{Confusion, Feedback};
 pub use error::{
     DecodeError, InvalidReason, KllError, MergeError, RecordError, ReferenceError, StatsError,
 };
@@ -115,6 +119,7 @@ pub use set::{ProfileSet, SET_DECODE_LIMIT};
 pub use stats::{
     CanaryInconclusive, CanaryOptions, CanaryReport, CanaryVerdict, Cohort, CohortSums, Direction,
     DriftOptions, Inconclusive, Scale, SequentialCanary, SequentialOptions, SequentialReport,
-    Statistic, Test, Verdict, canary_judge, chi_square, chi_square_noisy, jensen_shannon,
-    jensen_shannon_noisy, kolmogorov_smirnov, mann_whitney, psi, psi_noisy, wasserstein,
+    Statistic, Test, Verdict, accuracy_difference, canary_judge, chi_square, chi_square_noisy,
+    jensen_shannon, jensen_shannon_noisy, kolmogorov_smirnov, mann_whitney, psi, psi_noisy,
+    wasserstein,
 };

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::bins::{ConfidenceHistogram, add_counts};
 use crate::codec;
 use crate::column::ColumnProfile;
+use crate::confusion::Confusion;
 use crate::error::{DecodeError, InvalidReason, MergeError};
 use crate::latency::LatencyHistogram;
 use crate::reference::{ReferenceKind, ReferenceProfile};
@@ -36,6 +37,8 @@ pub struct SegmentProfile {
     pub errors: u64,
     /// Confidence histogram of the segment.
     pub confidence: ConfidenceHistogram,
+    /// Ground-truth feedback that named the segment.
+    pub feedback: Confusion,
     /// Exact drift bins per column, in reference order; empty until the
     /// segment's first request (keeps unused segments small).
     pub bins: Vec<Vec<u64>>,
@@ -58,6 +61,7 @@ impl SegmentProfile {
             }
         }
         self.confidence.merge(&other.confidence)?;
+        self.feedback.merge(&other.feedback);
         self.requests = self.requests.saturating_add(other.requests);
         self.errors = self.errors.saturating_add(other.errors);
         for (a, b) in self.bins.iter_mut().zip(&other.bins) {
@@ -81,6 +85,9 @@ pub struct Profile {
     pub latency: LatencyHistogram,
     /// Prediction confidence of successful requests that reported one.
     pub confidence: ConfidenceHistogram,
+    /// Ground-truth feedback received during the window (for any request,
+    /// earlier windows' included: labels arrive late).
+    pub feedback: Confusion,
     /// One entry per reference column, in reference order.
     pub columns: Vec<ColumnProfile>,
     /// Per-segment counters, at most the profile's segment budget per window.
@@ -116,6 +123,7 @@ impl Profile {
         let mut merged = self.clone();
         merged.latency.merge(&other.latency)?;
         merged.confidence.merge(&other.confidence)?;
+        merged.feedback.merge(&other.feedback);
         for (a, b) in merged.columns.iter_mut().zip(&other.columns) {
             a.merge(b)?;
         }
@@ -171,18 +179,24 @@ impl Profile {
     pub(crate) fn validate(&self) -> Result<(), InvalidReason> {
         self.latency.validate()?;
         self.confidence.validate()?;
+        self.feedback.validate()?;
         self.segments
             .values()
             .chain([&self.segment_overflow])
-            .try_for_each(|s| s.confidence.validate())
+            .try_for_each(|s| {
+                s.confidence.validate()?;
+                s.feedback.validate()
+            })
     }
 
-    /// Requests plus observations over all columns: how much a copy of a
-    /// window has seen, used to choose between two copies of one window.
+    /// Requests plus observations over all columns plus feedback: how much
+    /// a copy of a window has seen, used to choose between two copies of
+    /// one window (a copy re-sent after more labels arrived wins).
     pub(crate) fn weight(&self) -> u64 {
-        self.columns.iter().fold(self.requests, |acc, c| {
-            acc.saturating_add(c.completeness().count)
-        })
+        let seen = self.requests.saturating_add(self.feedback.total());
+        self.columns
+            .iter()
+            .fold(seen, |acc, c| acc.saturating_add(c.completeness().count))
     }
 }
 
@@ -201,9 +215,10 @@ pub struct WindowProfile {
 }
 
 impl WindowProfile {
-    /// Encodes: one format-version byte, then postcard.
+    /// Encodes: one format-version byte (2 since feedback was added), then
+    /// postcard.
     pub fn to_bytes(&self) -> Vec<u8> {
-        codec::encode(self)
+        codec::encode(codec::WINDOW_VERSION, self)
     }
 
     /// Decodes and validates bytes from a device. Never panics on any input.
@@ -211,8 +226,22 @@ impl WindowProfile {
     /// # Errors
     /// [`DecodeError`] when `bytes` is over `limit`, of another format
     /// version, undecodable (including a malformed KLL image), or invalid.
+    /// Version 1 windows (from agents older than feedback) decode with
+    /// empty feedback.
     pub fn from_bytes(bytes: &[u8], limit: usize) -> Result<Self, DecodeError> {
-        let window: Self = codec::decode("window profile", bytes, limit)?;
+        const WHAT: &str = "window profile";
+        let (version, body) = codec::split(
+            WHAT,
+            bytes,
+            limit,
+            codec::OLDEST_WINDOW_VERSION,
+            codec::WINDOW_VERSION,
+        )?;
+        let window: Self = if version == codec::WINDOW_VERSION {
+            codec::body(WHAT, body)?
+        } else {
+            codec::body::<v1::WindowProfile>(WHAT, body)?.into()
+        };
         window
             .profile
             .validate()
@@ -221,5 +250,78 @@ impl WindowProfile {
                 reason,
             })?;
         Ok(window)
+    }
+}
+
+/// Format version 1: the same profile without feedback. Decoded into the
+/// current types with empty [`Confusion`]s.
+pub(crate) mod v1 {
+    use std::collections::BTreeMap;
+
+    use serde::Deserialize;
+
+    use super::{ColumnProfile, ConfidenceHistogram, Confusion, LatencyHistogram, WindowKey};
+
+    #[derive(Deserialize)]
+    pub(crate) struct SegmentProfile {
+        requests: u64,
+        errors: u64,
+        confidence: ConfidenceHistogram,
+        bins: Vec<Vec<u64>>,
+    }
+
+    impl From<SegmentProfile> for super::SegmentProfile {
+        fn from(s: SegmentProfile) -> Self {
+            Self {
+                requests: s.requests,
+                errors: s.errors,
+                confidence: s.confidence,
+                feedback: Confusion::new(),
+                bins: s.bins,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub(crate) struct Profile {
+        reference: u64,
+        requests: u64,
+        errors: u64,
+        latency: LatencyHistogram,
+        confidence: ConfidenceHistogram,
+        columns: Vec<ColumnProfile>,
+        segments: BTreeMap<String, SegmentProfile>,
+        segment_overflow: SegmentProfile,
+    }
+
+    impl From<Profile> for super::Profile {
+        fn from(p: Profile) -> Self {
+            Self {
+                reference: p.reference,
+                requests: p.requests,
+                errors: p.errors,
+                latency: p.latency,
+                confidence: p.confidence,
+                feedback: Confusion::new(),
+                columns: p.columns,
+                segments: p.segments.into_iter().map(|(k, s)| (k, s.into())).collect(),
+                segment_overflow: p.segment_overflow.into(),
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub(crate) struct WindowProfile {
+        key: WindowKey,
+        profile: Profile,
+    }
+
+    impl From<WindowProfile> for super::WindowProfile {
+        fn from(w: WindowProfile) -> Self {
+            Self {
+                key: w.key,
+                profile: w.profile.into(),
+            }
+        }
     }
 }

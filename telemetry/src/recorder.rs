@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::bins::ConfidenceHistogram;
 use crate::column::{CategoricalProfile, ColumnProfile, NumericProfile};
+use crate::confusion::{Confusion, Feedback};
 use crate::error::{KllError, RecordError};
 use crate::kll::{DEFAULT_KLL_K, Kll};
 use crate::latency::{DEFAULT_LATENCY_ACCURACY_PPM, LatencyHistogram};
@@ -54,6 +55,11 @@ pub struct ProfileOptions {
     pub segment_budget: usize,
     /// Relative accuracy of the latency histogram, parts per million.
     pub latency_accuracy_ppm: u32,
+    /// Classes counted individually in feedback confusion matrices: class
+    /// indices at or above it (predicted or actual) go to the "other"
+    /// row/column, [`Confusion::OTHER`], so a matrix has at most
+    /// `(max_classes + 1)²` cells however many classes a model has.
+    pub max_classes: usize,
 }
 
 impl Default for ProfileOptions {
@@ -63,6 +69,7 @@ impl Default for ProfileOptions {
             category_cap: 32,
             segment_budget: 16,
             latency_accuracy_ppm: DEFAULT_LATENCY_ACCURACY_PPM,
+            max_classes: 64,
         }
     }
 }
@@ -113,6 +120,7 @@ impl Recorder {
             errors: 0,
             latency: LatencyHistogram::with_accuracy_ppm(options.latency_accuracy_ppm),
             confidence: ConfidenceHistogram::default(),
+            feedback: Confusion::new(),
             columns,
             segments: BTreeMap::new(),
             segment_overflow: SegmentProfile::default(),
@@ -145,14 +153,12 @@ impl Recorder {
         let columns = self.inputs.iter().zip(request.inputs);
         let columns = columns.chain(self.outputs.iter().zip(outputs));
         let profile = &mut self.window.profile;
-        let mut segment = match request.segment {
-            None => None,
-            Some(name) if profile.segments.contains_key(name) => profile.segments.get_mut(name),
-            Some(_) if profile.segments.len() >= self.options.segment_budget => {
-                Some(&mut profile.segment_overflow)
-            }
-            Some(name) => Some(profile.segments.entry(name.to_owned()).or_default()),
-        };
+        let mut segment = segment_of(
+            &mut profile.segments,
+            &mut profile.segment_overflow,
+            request.segment,
+            self.options.segment_budget,
+        );
         if let Some(segment) = segment.as_deref_mut().filter(|s| s.bins.is_empty()) {
             segment.bins = profile
                 .columns
@@ -197,6 +203,42 @@ impl Recorder {
         Ok(())
     }
 
+    /// Records one ground-truth label: into the window's confusion matrix
+    /// and, with a segment, into that segment's (the same segment budget as
+    /// [`Recorder::record`]: a new segment over budget goes to
+    /// `segment_overflow`). Class indices at or above
+    /// [`ProfileOptions::max_classes`] are counted as "other".
+    ///
+    /// Labels arrive late and belong to the window in which they arrive, so
+    /// feedback in a window without requests (or for a segment that has no
+    /// requests in this window) is counted, not refused; a segment created
+    /// by feedback alone keeps empty `bins`.
+    ///
+    /// # Errors
+    /// None today: every label fits once capped. The `Result` keeps the
+    /// signature of [`Recorder::record`] so that a future check (e.g. a
+    /// class count declared by the model) is not a breaking change.
+    pub fn feedback(&mut self, fb: &Feedback<'_>) -> Result<(), RecordError> {
+        let cap = self.options.max_classes;
+        let (predicted, actual) = (
+            Confusion::cap(fb.predicted, cap),
+            Confusion::cap(fb.actual, cap),
+        );
+        let correct = fb.predicted == fb.actual;
+        let profile = &mut self.window.profile;
+        profile.feedback.record(predicted, actual, correct);
+        let segment = segment_of(
+            &mut profile.segments,
+            &mut profile.segment_overflow,
+            fb.segment,
+            self.options.segment_budget,
+        );
+        if let Some(segment) = segment {
+            segment.feedback.record(predicted, actual, correct);
+        }
+        Ok(())
+    }
+
     fn check(
         &self,
         role: &'static str,
@@ -232,6 +274,24 @@ impl Recorder {
     /// Ends the window and hands it over for sending.
     pub fn finish(self) -> WindowProfile {
         self.window
+    }
+}
+
+/// The segment counters a segment name goes to: its own while it exists or
+/// the budget allows a new one, otherwise the overflow.
+fn segment_of<'a>(
+    segments: &'a mut BTreeMap<String, SegmentProfile>,
+    overflow: &'a mut SegmentProfile,
+    name: Option<&str>,
+    budget: usize,
+) -> Option<&'a mut SegmentProfile> {
+    let name = name?;
+    if segments.contains_key(name) {
+        segments.get_mut(name)
+    } else if segments.len() >= budget {
+        Some(overflow)
+    } else {
+        Some(segments.entry(name.to_owned()).or_default())
     }
 }
 

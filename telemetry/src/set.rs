@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec;
 use crate::error::{DecodeError, InvalidReason, MergeError};
-use crate::profile::{Profile, WindowKey, WindowProfile};
+use crate::profile::{Profile, WindowKey, WindowProfile, v1};
 
 /// Default decode limit for a set: 64 MiB.
 pub const SET_DECODE_LIMIT: usize = 64 << 20;
@@ -95,7 +95,7 @@ impl ProfileSet {
 
     /// Encodes the set (format-version byte, then postcard).
     pub fn to_bytes(&self) -> Vec<u8> {
-        codec::encode(self)
+        codec::encode(codec::WINDOW_VERSION, self)
     }
 
     /// Decodes and validates a set. Never panics on any input.
@@ -103,7 +103,22 @@ impl ProfileSet {
     /// # Errors
     /// [`DecodeError`] as for [`WindowProfile::from_bytes`].
     pub fn from_bytes(bytes: &[u8], limit: usize) -> Result<Self, DecodeError> {
-        let set: Self = codec::decode("profile set", bytes, limit)?;
+        const WHAT: &str = "profile set";
+        let (version, body) = codec::split(
+            WHAT,
+            bytes,
+            limit,
+            codec::OLDEST_WINDOW_VERSION,
+            codec::WINDOW_VERSION,
+        )?;
+        let set: Self = if version == codec::WINDOW_VERSION {
+            codec::body(WHAT, body)?
+        } else {
+            let windows: BTreeMap<WindowKey, v1::Profile> = codec::body(WHAT, body)?;
+            Self {
+                windows: windows.into_iter().map(|(k, p)| (k, p.into())).collect(),
+            }
+        };
         set.windows
             .values()
             .try_for_each(Profile::validate)
@@ -119,7 +134,8 @@ impl ProfileSet {
 /// more observations first, then the larger encoding. Taking the maximum of
 /// a total order is associative, commutative and idempotent.
 fn prefer(a: &Profile, b: &Profile) -> Ordering {
-    a.weight()
-        .cmp(&b.weight())
-        .then_with(|| codec::encode(a).cmp(&codec::encode(b)))
+    a.weight().cmp(&b.weight()).then_with(|| {
+        let encode = |p: &Profile| codec::encode(codec::WINDOW_VERSION, p);
+        encode(a).cmp(&encode(b))
+    })
 }

@@ -4,7 +4,7 @@
 
 use outpost_telemetry::{
     DriftOptions, ProfileSet, REFERENCE_DECODE_LIMIT, ReferenceKind, ReferenceProfile,
-    WINDOW_DECODE_LIMIT, WindowProfile, chi_square, jensen_shannon, kolmogorov_smirnov,
+    WINDOW_DECODE_LIMIT, WindowProfile, accuracy_difference, chi_square, jensen_shannon, kolmogorov_smirnov,
     mann_whitney, psi, wasserstein,
 };
 
@@ -24,6 +24,8 @@ pub fn window_profile(data: &[u8]) {
     let mut doubled = window.profile.clone();
     let _ = doubled.merge(&window.profile);
     let options = DriftOptions::default();
+    let feedback = &window.profile.feedback;
+    let _ = (feedback.accuracy(), accuracy_difference(feedback, feedback, &options));
     for column in &window.profile.columns {
         let bins = column.bins();
         let _ = psi(&bins, &bins, &options);

@@ -240,7 +240,7 @@ impl ReferenceProfile {
 
     /// Encodes as `reference.bin`: a format-version byte, then postcard.
     pub fn to_bytes(&self) -> Vec<u8> {
-        codec::encode(self)
+        codec::encode(codec::REFERENCE_VERSION, self)
     }
 
     /// Decodes and validates `reference.bin`. Never panics on any input.
@@ -249,7 +249,8 @@ impl ReferenceProfile {
     /// [`DecodeError`] when the bytes are over `limit`, of another format
     /// version, undecodable, or break an invariant.
     pub fn from_bytes(bytes: &[u8], limit: usize) -> Result<Self, DecodeError> {
-        let reference: Self = codec::decode("reference profile", bytes, limit)?;
+        let reference: Self =
+            codec::decode("reference profile", bytes, limit, codec::REFERENCE_VERSION)?;
         reference
             .validate()
             .map_err(|reason| DecodeError::Invalid {

@@ -15,12 +15,16 @@
 //! tolerance band) and says pass, fail or not yet. [`SequentialCanary`] is
 //! the anytime-valid option (mixture SPRT on means): look after every window.
 //!
+//! Ground truth: [`accuracy_difference`] compares the accuracy of two
+//! [`crate::Confusion`] matrices (e.g. canary vs control feedback).
+//!
 //! Differentially private windows: [`psi_noisy`], [`jensen_shannon_noisy`] and [`chi_square_noisy`]
 //! take bins noised by [`crate::LaplaceNoise`] and put the noise in the bound.
 
 mod binned;
 mod canary;
 mod cohort;
+mod feedback;
 mod private;
 mod sequential;
 mod sketched;
@@ -30,6 +34,7 @@ pub use canary::{
     CanaryInconclusive, CanaryOptions, CanaryReport, CanaryVerdict, Direction, Scale, canary_judge,
 };
 pub use cohort::Cohort;
+pub use feedback::accuracy_difference;
 pub use private::{chi_square_noisy, jensen_shannon_noisy, psi_noisy};
 pub use sequential::{CohortSums, SequentialCanary, SequentialOptions, SequentialReport};
 pub use sketched::{kolmogorov_smirnov, mann_whitney, wasserstein};
@@ -54,6 +59,8 @@ pub enum Test {
     Wasserstein,
     /// Mann-Whitney AUC, `P(X < Y) + ½·P(X = Y)` (KLL).
     MannWhitney,
+    /// Accuracy difference from feedback, canary − control (two-proportion z-test).
+    AccuracyDifference,
 }
 
 /// Why a statistic gives no verdict.

@@ -4,6 +4,7 @@
 mod canary;
 mod codec;
 mod common;
+mod feedback;
 mod merge;
 mod privacy;
 mod python;

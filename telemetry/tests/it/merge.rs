@@ -4,8 +4,8 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use outpost_telemetry::{
-    ColumnProfile, MergeError, Profile, ProfileOptions, ProfileSet, Recorder, ReferenceProfile,
-    Request, Value, WindowKey, WindowProfile,
+    ColumnProfile, Confusion, Feedback, MergeError, Profile, ProfileOptions, ProfileSet, Recorder,
+    ReferenceProfile, Request, Value, WindowKey, WindowProfile,
 };
 use proptest::prelude::*;
 
@@ -31,20 +31,37 @@ fn row() -> impl Strategy<Value = Row> {
     )
 }
 
+/// One generated label: predicted and actual class (4 and 5 are over the
+/// cap of 4 classes), segment.
+type Label = (u8, u8, Option<u8>);
+
+fn label() -> impl Strategy<Value = Label> {
+    (0u8..6, 0u8..6, proptest::option::of(0u8..4))
+}
+
 fn window_key() -> impl Strategy<Value = WindowKey> {
     (0u8..3, 0u64..3).prop_map(|(d, w)| key(&format!("d{d}"), w * 300))
 }
 
 fn record(key: WindowKey, rows: &[Row]) -> WindowProfile {
+    record_with(key, rows, &[])
+}
+
+const SEGMENTS: [&str; 4] = ["north", "south", "east", "west"];
+
+/// Records the requests, then the labels (which may name segments that no
+/// request named, or come without any request).
+fn record_with(key: WindowKey, rows: &[Row], labels: &[Label]) -> WindowProfile {
     let options = ProfileOptions {
         category_cap: 2,
         segment_budget: 2,
+        max_classes: 4,
         ..Default::default()
     };
     let mut recorder = Recorder::new(REFERENCE.clone(), key, options).unwrap();
     let colours = ["red", "green", "blue", "mauve", "teal", "ochre"];
     for &(x, y, colour, score, micros, ok, segment) in rows {
-        let segment = segment.map(|s| ["north", "south", "east", "west"][usize::from(s)]);
+        let segment = segment.map(|s| SEGMENTS[usize::from(s)]);
         let inputs = [
             x.map_or(Value::Missing, Value::Number),
             y.map_or(Value::Missing, Value::Number),
@@ -62,12 +79,30 @@ fn record(key: WindowKey, rows: &[Row]) -> WindowProfile {
             })
             .unwrap();
     }
+    for &(predicted, actual, segment) in labels {
+        recorder
+            .feedback(&Feedback {
+                predicted: usize::from(predicted),
+                actual: usize::from(actual),
+                segment: segment.map(|s| SEGMENTS[usize::from(s)]),
+            })
+            .unwrap();
+    }
     recorder.finish()
 }
 
 fn window() -> impl Strategy<Value = WindowProfile> {
-    (window_key(), proptest::collection::vec(row(), 0..40))
-        .prop_map(|(key, rows)| record(key, &rows))
+    (
+        window_key(),
+        proptest::collection::vec(row(), 0..40),
+        proptest::collection::vec(label(), 0..30),
+    )
+        .prop_map(|(key, rows, labels)| record_with(key, &rows, &labels))
+}
+
+fn confusion() -> impl Strategy<Value = Confusion> {
+    proptest::collection::vec(label(), 0..30)
+        .prop_map(|labels| record_with(key("c", 0), &[], &labels).profile.feedback)
 }
 
 /// The exactly-mergeable part of a profile: everything but the KLL sketches'
@@ -132,6 +167,45 @@ proptest! {
     }
 
     #[test]
+    fn confusion_merge_is_exact(a in confusion(), b in confusion(), c in confusion()) {
+        let merge = |x: &Confusion, y: &Confusion| {
+            let mut out = x.clone();
+            out.merge(y);
+            out
+        };
+        prop_assert_eq!(merge(&a, &b), merge(&b, &a));
+        prop_assert_eq!(merge(&merge(&a, &b), &c), merge(&a, &merge(&b, &c)));
+        let ab = merge(&a, &b);
+        prop_assert_eq!(ab.total(), a.total() + b.total());
+        prop_assert_eq!(ab.correct(), a.correct() + b.correct());
+        prop_assert_eq!(merge(&a, &Confusion::new()), a.clone());
+    }
+
+    #[test]
+    fn feedback_survives_merges_and_rollups(a in window(), b in window()) {
+        // Whole-window and per-segment feedback add up exactly.
+        let total = merged(&a.profile, &b.profile);
+        prop_assert_eq!(
+            total.feedback.total(),
+            a.profile.feedback.total() + b.profile.feedback.total()
+        );
+        let segment_labels = |p: &Profile| {
+            p.segments.values().chain([&p.segment_overflow]).map(|s| s.feedback.total()).sum::<u64>()
+        };
+        prop_assert_eq!(segment_labels(&total), segment_labels(&a.profile) + segment_labels(&b.profile));
+        // The set counts each window's feedback once, however often it arrives.
+        let set = set_of(&[a.clone(), b.clone(), a.clone()]);
+        let got = set.rollup().unwrap().map(|p| p.feedback.total()).unwrap_or(0);
+        if a.key == b.key {
+            // One copy of the window is kept: one of the two counts, not their sum.
+            let (x, y) = (a.profile.feedback.total(), b.profile.feedback.total());
+            prop_assert!(got == x || got == y, "{got} vs {x}, {y}");
+        } else {
+            prop_assert_eq!(got, total.feedback.total());
+        }
+    }
+
+    #[test]
     fn window_bytes_round_trip(w in window()) {
         let decoded = WindowProfile::from_bytes(&w.to_bytes(), 1 << 20).unwrap();
         prop_assert_eq!(decoded, w);
@@ -167,6 +241,25 @@ fn a_re_counted_window_keeps_the_fuller_copy_whatever_the_order() {
     second.insert(partial);
     assert_eq!(first, second);
     assert_eq!(first.rollup().unwrap().unwrap().requests, 30);
+}
+
+#[test]
+fn a_window_re_sent_with_more_feedback_wins_whatever_the_order() {
+    let rows: Vec<Row> = (0..10)
+        .map(|i| (Some(f64::from(i)), None, 1, 0.5, 100, true, None))
+        .collect();
+    let labels: Vec<Label> = (0..6).map(|i| (i % 3, 1, Some(0))).collect();
+    let early = record_with(key("d1", 0), &rows, &labels[..2]);
+    let late = record_with(key("d1", 0), &rows, &labels);
+    let (mut first, mut second) = (ProfileSet::new(), ProfileSet::new());
+    first.insert(early.clone());
+    first.insert(late.clone());
+    second.insert(late);
+    second.insert(early);
+    assert_eq!(first, second);
+    let total = first.rollup().unwrap().unwrap();
+    assert_eq!(total.feedback.total(), 6);
+    assert_eq!(total.segments["north"].feedback.correct(), 2);
 }
 
 #[test]
