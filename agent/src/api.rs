@@ -413,6 +413,7 @@ async fn feedback(State(state): State<Arc<AgentState>>, body: Bytes) -> Response
         );
     }
     let mut correct = 0usize;
+    let mut pairs = Vec::with_capacity(pred.len());
     for (i, (p, l)) in pred.iter().zip(&fb.labels).enumerate() {
         let truth = match l {
             Value::Number(n) => n.as_u64().map(|v| v as usize),
@@ -427,13 +428,29 @@ async fn feedback(State(state): State<Arc<AgentState>>, body: Bytes) -> Response
             );
         };
         correct += usize::from(truth == *p);
+        pairs.push((*p, truth));
     }
     rec.feedback = true;
     if fb.segment.is_some() {
         rec.segment = fb.segment;
     }
-    let (model, version) = (rec.model.clone(), rec.version.clone());
+    let (model, version, segment) = (rec.model.clone(), rec.version.clone(), rec.segment.clone());
     drop(reqs);
+    // Into the model's current window (accuracy and confusion per segment),
+    // if that version still serves.
+    let loaded = state
+        .host
+        .list()
+        .into_iter()
+        .flat_map(|(a, p)| std::iter::once(a).chain(p))
+        .find(|m| m.name == model && m.version == version);
+    if let Some(m) = loaded {
+        let (dropped, _) =
+            state
+                .telemetry
+                .feedback(crate::unix_now(), &m, &pairs, segment.as_deref());
+        state.note_dropped(dropped);
+    }
     for (flag, n) in [("true", correct), ("false", pred.len() - correct)] {
         state
             .metrics

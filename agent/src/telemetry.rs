@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use outpost_protocol::messages::{DeviceMessage, Encoding, ModelRef, Slot, TelemetryWindow};
 use outpost_runtime::Tensor;
-use outpost_telemetry::{ProfileOptions, Recorder, ReferenceProfile, Request, Value, WindowKey};
+use outpost_telemetry::{
+    Feedback, ProfileOptions, Recorder, ReferenceProfile, Request, Value, WindowKey,
+};
 
 use crate::serve::LoadedModel;
 use crate::serve::tensor::argmax;
@@ -83,6 +85,42 @@ impl Telemetry {
     /// previous window first if `now` is past it). Returns what the outbox
     /// dropped to make room, and whether the request could be profiled.
     pub fn record(&self, now: u64, model: &LoadedModel, obs: &Observation<'_>) -> (Dropped, bool) {
+        self.with_recorder(now, model, |recorder, reference| {
+            profile_rows(recorder, reference, obs)
+        })
+    }
+
+    /// Counts ground-truth labels (one `(predicted, actual)` per row) into
+    /// `model`'s current window: labels belong to the window in which they
+    /// arrive (outpost-telemetry's convention for late labels).
+    pub fn feedback(
+        &self,
+        now: u64,
+        model: &LoadedModel,
+        pairs: &[(usize, usize)],
+        segment: Option<&str>,
+    ) -> (Dropped, bool) {
+        self.with_recorder(now, model, |recorder, _| {
+            pairs.iter().all(|&(predicted, actual)| {
+                recorder
+                    .feedback(&Feedback {
+                        predicted,
+                        actual,
+                        segment,
+                    })
+                    .is_ok()
+            })
+        })
+    }
+
+    /// Runs `f` on `model`'s recorder for the window of `now`, opening it
+    /// (and sealing the previous one) as needed.
+    fn with_recorder(
+        &self,
+        now: u64,
+        model: &LoadedModel,
+        f: impl FnOnce(&mut Recorder, &ReferenceProfile) -> bool,
+    ) -> (Dropped, bool) {
         let Some(reference) = model.reference.clone() else {
             return (Dropped::default(), false);
         };
@@ -126,7 +164,7 @@ impl Telemetry {
         let Some(o) = open.get_mut(&id) else {
             return (dropped, false);
         };
-        let ok = profile_rows(&mut o.recorder, &reference, obs);
+        let ok = f(&mut o.recorder, &reference);
         (dropped, ok)
     }
 

@@ -336,3 +336,45 @@ fn a_clean_stop_keeps_the_open_window_for_the_next_run() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].1.key.length, 3600);
 }
+
+#[test]
+fn feedback_reaches_the_window_as_accuracy_per_segment() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let device = "mqtt-feedback";
+    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
+    let w = World::new();
+    let text = w
+        .config_text(device, broker.port, "")
+        .replace("window_secs = 1", "window_secs = 3600");
+    let config = outpost_agent::config::AgentConfig::parse(
+        &text,
+        std::path::Path::new("agent.toml"),
+        w.dir.path(),
+    )
+    .unwrap();
+    let a = Running::start(config);
+    obs.next_where(T, |t, _| t.ends_with("/birth"));
+    let (rows, labels) = digits(10);
+    let mut body = request(&rows);
+    body["segment"] = serde_json::json!("line-a");
+    let (s, b) = post_json(&a.url("/v1/models/digits/infer"), &body);
+    assert_eq!(s, 200, "{b}");
+    let given: Vec<serde_json::Value> = labels.iter().map(|y| serde_json::json!(y)).collect();
+    let (s, fb) = post_json(
+        &a.url("/v1/feedback"),
+        &serde_json::json!({"request_id": b["request_id"], "labels": given}),
+    );
+    assert_eq!(s, 200, "{fb}");
+    let correct = fb["correct"].as_u64().unwrap();
+    drop(a); // seals the open window
+    let a = Running::start(w.config(device, broker.port, ""));
+    let got = windows_until(&obs, 10, &[]);
+    let profile = &got[0].1.profile;
+    assert_eq!(profile.feedback.total(), 10);
+    assert_eq!(profile.feedback.correct(), correct);
+    let seg = &profile.segments["line-a"];
+    assert_eq!((seg.requests, seg.feedback.total()), (10, 10));
+    drop(a);
+}
