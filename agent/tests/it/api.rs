@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use outpost_agent::config::Fallback;
+
 use crate::common::*;
 
 fn agent(w: &World, device: &str, extra: &str) -> Running {
@@ -209,5 +211,56 @@ fn feedback_labels_predictions_once() {
             r#"outpost_agent_feedback_total{model="digits",version="1.0.0",correct="true"}"#
         ),
         "{metrics}"
+    );
+}
+
+#[test]
+fn the_previous_model_answers_what_the_active_one_finds_out_of_range() {
+    use outpost_agent::serve::{LoadContext, LoadedModel};
+    let w = World::new();
+    let a = agent(&w, "api-previous", "");
+    // Version 2 accepts pixels up to 0.5 only, and falls back to version 1.
+    let v2 = package_bytes_ranged("digits", "2.0.0", true, 0.5);
+    let (pkg, rel) = (
+        w.dir.path().join("digits-2.opk"),
+        w.dir.path().join("digits-2.release"),
+    );
+    std::fs::write(&pkg, &v2).unwrap();
+    w.write_release(&rel, &[w.target("digits", "2.0.0", &v2)], 30);
+    let trust = a.state.trust.read().unwrap().clone();
+    let ctx = LoadContext {
+        state: &trust,
+        verifier: &a.state.verifier,
+        target: &a.state.config.target,
+        now_unix: now(),
+        breaker: &a.state.config.breaker,
+    };
+    let loaded = LoadedModel::load_verified(&pkg, &rel, &ctx, Fallback::Previous).unwrap();
+    a.state.host.activate(loaded);
+    // Pixels halved: all within [0, 0.5] but the one set below.
+    let mut rows: Vec<Vec<f32>> = digits(1)
+        .0
+        .into_iter()
+        .map(|r| r.iter().map(|v| v * 0.5).collect())
+        .collect();
+    rows[0][10] = 0.75; // in range for 1.0.0, not for 2.0.0
+    let (s, b) = post_json(&a.url("/v1/models/digits/infer"), &request(&rows));
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(
+        (b["answered_by"].as_str(), b["version"].as_str()),
+        (Some("previous"), Some("1.0.0"))
+    );
+    // In range for both: the active model answers.
+    rows[0][10] = 0.25;
+    let (_, b) = post_json(&a.url("/v1/models/digits/infer"), &request(&rows));
+    assert_eq!(
+        (b["answered_by"].as_str(), b["version"].as_str()),
+        (Some("active"), Some("2.0.0"))
+    );
+    // Out of range for both: 422.
+    rows[0][10] = 3.0;
+    assert_eq!(
+        post_json(&a.url("/v1/models/digits/infer"), &request(&rows)).0,
+        422
     );
 }

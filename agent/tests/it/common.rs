@@ -72,11 +72,16 @@ pub fn package_bytes(name: &str, version: &str) -> Vec<u8> {
 /// The digits MLP as a package, with or without its reference profile
 /// (without one, the agent serves it unprofiled).
 pub fn package_bytes_with(name: &str, version: &str, with_reference: bool) -> Vec<u8> {
+    package_bytes_ranged(name, version, with_reference, 1.0)
+}
+
+/// As [`package_bytes_with`], with the pixels' valid range `[0, max]`.
+pub fn package_bytes_ranged(name: &str, version: &str, with_reference: bool, max: f64) -> Vec<u8> {
     let onnx = std::fs::read(repo().join("runtime/tests/fixtures/digits/mlp_fp32.onnx")).unwrap();
     let model = Model::from_onnx_bytes(&onnx, name, None, &LoadOptions::default()).unwrap();
     let info = model.info();
     let mut inputs = info.inputs.clone();
-    inputs[0].range = Some(ValueRange { min: 0.0, max: 1.0 });
+    inputs[0].range = Some(ValueRange { min: 0.0, max });
     let mut outputs = info.outputs.clone();
     outputs[0].labels = (0..10).map(|d| format!("digit-{d}")).collect();
     let manifest = Manifest {
