@@ -18,6 +18,7 @@ pub mod requests;
 pub mod serve;
 pub mod store;
 pub mod telemetry;
+pub mod update;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

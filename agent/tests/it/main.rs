@@ -7,3 +7,4 @@ mod config;
 mod mqtt;
 mod start;
 mod tls;
+mod update_sim;
