@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod config;
+pub mod download;
 pub mod metrics;
 pub mod mqtt;
 pub mod requests;

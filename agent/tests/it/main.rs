@@ -4,6 +4,7 @@
 mod api;
 mod common;
 mod config;
+mod download;
 mod mqtt;
 mod start;
 mod tls;
