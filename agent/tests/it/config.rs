@@ -161,3 +161,35 @@ fn check_config_exits_2_and_names_the_problem() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("failures"));
 }
+
+#[test]
+fn status_asks_the_running_agent() {
+    let w = World::new();
+    let port = free_port();
+    let path = w.dir.path().join("status.toml");
+    let text = w.config_text("cfg-status", 1, "").replace(
+        "bind = \"127.0.0.1:0\"",
+        &format!("bind = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&path, &text).unwrap();
+    let status = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
+            .args(["status", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    // Nobody answers yet.
+    assert_eq!(status().status.code(), Some(1));
+    let _a =
+        Running::start(AgentConfig::parse(&text, Path::new("agent.toml"), w.dir.path()).unwrap());
+    let out = status();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["device_id"], "cfg-status");
+    assert_eq!(v["models"][0]["version"], "1.0.0");
+}
