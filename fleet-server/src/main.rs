@@ -1,7 +1,8 @@
 //! `outpost`: the fleet server and its command-line interface.
 //!
-//! This build has the model commands that need no server (`outpost model
-//! inspect|run`); `serve`, the registry and rollouts come with the fleet issues.
+//! This build has the commands that need no server: `outpost model
+//! inspect|run|pack|sign` and `outpost keys init|generate|show|rotate`;
+//! `serve`, the registry and rollouts come with the fleet issues.
 
 use std::process::ExitCode;
 
@@ -13,7 +14,11 @@ mod cli;
 #[command(
     name = "outpost",
     version,
-    about = "Outpost: quantized models on edge devices, and the fleet that runs them"
+    about = "Outpost: quantized models on edge devices, and the fleet that runs them",
+    after_help = "Exit codes: 0 success; 1 failure (an operation failed, or a trust check \
+                  refused the result); 2 usage or validation error (bad arguments or input \
+                  files to fix). With --json, errors are printed to stdout as \
+                  {\"ok\": false, \"exit_code\", \"error\", \"check\"?}."
 )]
 struct Cli {
     /// Print machine-readable JSON instead of text.
@@ -28,18 +33,26 @@ enum Command {
     /// Work with model files (.onnx) and packages (.opk) locally.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
+    /// Root, release and director keys; root rotation (files on this machine).
+    #[command(subcommand)]
+    Keys(cli::keys::KeysCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(cmd) => cli::model::run(cmd, cli.json),
+        Command::Keys(cmd) => cli::keys::run(cmd, cli.json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if cli.json {
+                println!("{}", cli::error_json(&e));
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(cli::exit_code(&e))
         }
     }
 }

@@ -86,12 +86,29 @@ pub fn write_npy(path: impl AsRef<Path>, t: &Tensor) -> Result<(), NpyError> {
 /// Writes named tensors as an uncompressed `.npz`.
 pub fn write_npz(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result<(), NpyError> {
     let path = path.as_ref();
+    let origin = path.display().to_string();
+    let f = std::fs::File::create(path).map_err(|e| NpyError::Write {
+        path: origin.clone(),
+        reason: e.to_string(),
+    })?;
+    write_npz_to(f, tensors, &origin).map(|_| ())
+}
+
+/// Named tensors as the bytes of an uncompressed `.npz` (for archives).
+pub fn npz_bytes(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, NpyError> {
+    write_npz_to(std::io::Cursor::new(Vec::new()), tensors, "npz").map(|c| c.into_inner())
+}
+
+fn write_npz_to<W: Write + Seek>(
+    w: W,
+    tensors: &[(String, Tensor)],
+    origin: &str,
+) -> Result<W, NpyError> {
     let err = |reason: String| NpyError::Write {
-        path: path.display().to_string(),
+        path: origin.to_owned(),
         reason,
     };
-    let f = std::fs::File::create(path).map_err(|e| err(e.to_string()))?;
-    let mut npz = NpzWriter::new(f);
+    let mut npz = NpzWriter::new(w);
     for (name, t) in tensors {
         macro_rules! add {
             ($t:ty) => {
@@ -113,14 +130,13 @@ pub fn write_npz(path: impl AsRef<Path>, tensors: &[(String, Tensor)]) -> Result
             DatumType::Bool => add!(bool),
             other => {
                 return Err(NpyError::DType {
-                    path: path.display().to_string(),
+                    path: origin.to_owned(),
                     dtype: format!("{other:?}"),
                 });
             }
         }
     }
-    npz.finish().map_err(|e| err(e.to_string()))?;
-    Ok(())
+    npz.finish().map_err(|e| err(e.to_string()))
 }
 
 /// Reads every array of an `.npz`.

@@ -1,4 +1,5 @@
-//! `outpost model inspect|run`: try a model from the shell, no server needed.
+//! `outpost model inspect|run`: try a model from the shell, no server
+//! needed; `pack` and `sign` live in their own modules.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -34,6 +35,11 @@ pub(crate) enum ModelCommand {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// Build an .opk package from an ONNX model, a model card and reference data.
+    Pack(super::pack::PackArgs),
+    /// Add a release-key signature to a package's release metadata (k-of-n:
+    /// each holder signs the same file in turn).
+    Sign(super::sign::SignArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +128,8 @@ pub(crate) fn run(cmd: ModelCommand, json: bool) -> Result<()> {
             repeat,
             load,
         } => run_model(&file, &inputs, output, repeat.max(1), &load, json),
+        ModelCommand::Pack(args) => super::pack::run(args, json),
+        ModelCommand::Sign(args) => super::sign::run(args, json),
     }
 }
 
