@@ -74,6 +74,9 @@ pub struct ApiConfig {
 pub struct TelemetryConfig {
     pub window_secs: u32,
     pub outbox_budget_bytes: u64,
+    /// KLL sketch parameter for numeric columns; `None`: bins only (about
+    /// a third of the profiling cost, no sketch statistics on the server).
+    pub kll_k: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,6 +185,8 @@ struct RawTelemetry {
     window_secs: u32,
     /// Fractions allowed (0.5 = 512 KiB) for small devices.
     outbox_budget_mb: f64,
+    /// 0 turns the sketches off.
+    kll_k: u16,
 }
 
 impl Default for RawTelemetry {
@@ -189,6 +194,7 @@ impl Default for RawTelemetry {
         RawTelemetry {
             window_secs: 60,
             outbox_budget_mb: 64.0,
+            kll_k: outpost_telemetry::DEFAULT_KLL_K,
         }
     }
 }
@@ -314,6 +320,19 @@ impl AgentConfig {
                 format!("{budget} is not between 0.001 (1 KB) and 1048576 (1 TiB)"),
             ));
         }
+        let kll_k = match raw.telemetry.kll_k {
+            0 => None,
+            k if k >= outpost_telemetry::MIN_KLL_K => Some(k),
+            k => {
+                return Err(invalid(
+                    "telemetry.kll_k",
+                    format!(
+                        "{k} is below the minimum of {} (0 turns sketches off)",
+                        outpost_telemetry::MIN_KLL_K
+                    ),
+                ));
+            }
+        };
         if raw.shadow.cpu_budget_percent > 100 {
             return Err(invalid(
                 "shadow.cpu_budget_percent",
@@ -370,6 +389,7 @@ impl AgentConfig {
             telemetry: TelemetryConfig {
                 window_secs: raw.telemetry.window_secs,
                 outbox_budget_bytes: (budget * 1_048_576.0) as u64,
+                kll_k,
             },
             shadow_cpu_budget_percent: raw.shadow.cpu_budget_percent,
             breaker: BreakerConfig {

@@ -130,6 +130,7 @@ impl AgentState {
             },
             store.outbox()?,
             metrics.windows_sealed.clone(),
+            config.telemetry.kll_k,
         );
         Ok(AgentState {
             requests: Mutex::new(requests::Requests::new(config.api.max_pending)),

@@ -30,6 +30,7 @@ pub struct Telemetry {
     budget: u64,
     encoding: Encoding,
     outbox: Outbox,
+    options: ProfileOptions,
     open: Mutex<HashMap<(String, String), Open>>,
     /// Wakes the MQTT side when a window is sealed.
     pub sealed: tokio::sync::Notify,
@@ -60,8 +61,13 @@ impl Telemetry {
         encoding: Encoding,
         outbox: Outbox,
         sealed_total: prometheus_client::metrics::counter::Counter,
+        kll_k: Option<u16>,
     ) -> Self {
         Telemetry {
+            options: ProfileOptions {
+                kll_k,
+                ..ProfileOptions::default()
+            },
             sealed_total,
             device,
             window_secs: window_secs.max(1),
@@ -145,8 +151,7 @@ impl Telemetry {
                 start,
                 length: self.window_secs,
             };
-            let Ok(recorder) = Recorder::new(reference.clone(), key, ProfileOptions::default())
-            else {
+            let Ok(recorder) = Recorder::new(reference.clone(), key, self.options.clone()) else {
                 return (dropped, false);
             };
             open.insert(

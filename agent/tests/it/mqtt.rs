@@ -199,6 +199,10 @@ fn every_inference_is_profiled_into_windows_published_with_qos1() {
     let windows = windows_until(&obs, 21, &[]);
     for (msg, profile) in &windows {
         assert_eq!(msg.model.name, "digits");
+        assert!(
+            profile.profile.columns[0].kll().is_some(),
+            "sketches on by default"
+        );
         assert_eq!(msg.window_secs, 1);
         assert_eq!(profile.key.device, device);
         assert_eq!(profile.key.start, msg.window_start);
@@ -377,4 +381,29 @@ fn feedback_reaches_the_window_as_accuracy_per_segment() {
     let seg = &profile.segments["line-a"];
     assert_eq!((seg.requests, seg.feedback.total()), (10, 10));
     drop(a);
+}
+
+#[test]
+fn bins_only_profiles_carry_no_sketches() {
+    let Some(broker) = Mosquitto::start() else {
+        return;
+    };
+    let device = "mqtt-bins-only";
+    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
+    let w = World::new();
+    let text = w
+        .config_text(device, broker.port, "")
+        .replace("window_secs = 1", "window_secs = 1\nkll_k = 0");
+    let config = outpost_agent::config::AgentConfig::parse(
+        &text,
+        std::path::Path::new("agent.toml"),
+        w.dir.path(),
+    )
+    .unwrap();
+    let a = Running::start(config);
+    obs.next_where(T, |t, _| t.ends_with("/birth"));
+    infer_rows(&a, 6);
+    for (_, p) in windows_until(&obs, 6, &[]) {
+        assert!(p.profile.columns.iter().all(|c| c.kll().is_none()));
+    }
 }
