@@ -22,11 +22,30 @@ struct Agent {
     port: u16,
 }
 
-fn start(w: &World, with_reference: bool) -> Agent {
-    let tag = if with_reference {
-        "profiled"
-    } else {
-        "unprofiled"
+/// How the agent profiles in a run.
+#[derive(Clone, Copy, PartialEq)]
+enum Profiling {
+    Kll,
+    BinsOnly,
+    Off,
+}
+
+impl Profiling {
+    fn tag(self) -> &'static str {
+        match self {
+            Profiling::Kll => "profiled (bins + KLL)",
+            Profiling::BinsOnly => "profiled (bins only, kll_k = 0)",
+            Profiling::Off => "unprofiled (no reference)",
+        }
+    }
+}
+
+fn start(w: &World, profiling: Profiling) -> Agent {
+    let with_reference = profiling != Profiling::Off;
+    let tag = match profiling {
+        Profiling::Kll => "kll",
+        Profiling::BinsOnly => "bins",
+        Profiling::Off => "off",
     };
     std::fs::write(
         &w.package_path,
@@ -43,7 +62,14 @@ fn start(w: &World, with_reference: bool) -> Agent {
             "bind = \"127.0.0.1:0\"",
             &format!("bind = \"127.0.0.1:{port}\""),
         )
-        .replace("window_secs = 1", "window_secs = 60");
+        .replace(
+            "window_secs = 1",
+            if profiling == Profiling::BinsOnly {
+                "window_secs = 60\nkll_k = 0"
+            } else {
+                "window_secs = 60"
+            },
+        );
     std::fs::write(&config, text).unwrap();
     let child = ChildGuard(
         Command::new(env!("CARGO_BIN_EXE_outpost-agent"))
@@ -134,22 +160,10 @@ fn main() {
     let w = World::new();
     println!("agent serve bench: digits MLP (64 -> 10), one-row JSON requests, {secs} s per point");
     let mut means = Vec::new();
-    for with_reference in [true, false] {
-        let a = start(&w, with_reference);
+    for profiling in [Profiling::Kll, Profiling::BinsOnly, Profiling::Off] {
+        let a = start(&w, profiling);
         let _ = load(a.port, 1, secs.min(1.0)); // warm-up
-        println!(
-            "{} ({}):",
-            if with_reference {
-                "profiled"
-            } else {
-                "unprofiled"
-            },
-            if with_reference {
-                "reference.bin present"
-            } else {
-                "no reference"
-            }
-        );
+        println!("{}:", profiling.tag());
         for clients in [1, 8, 64] {
             let (rps, lat) = load(a.port, clients, secs);
             println!(
@@ -167,12 +181,14 @@ fn main() {
         println!("  RSS {} MiB now, peak {} MiB", rss / 1024, hwm / 1024);
         drop(a);
     }
-    if let [on, off] = means[..] {
-        println!(
-            "profiling overhead at 1 client (median request time): {:.1} % ({:.1} µs)",
-            (on - off) / off * 100.0,
-            (on - off) * 1e6
-        );
+    if let [kll, bins, off] = means[..] {
+        for (name, on) in [("bins + KLL", kll), ("bins only", bins)] {
+            println!(
+                "profiling overhead at 1 client, {name} (median request time): {:.1} % ({:.1} µs)",
+                (on - off) / off * 100.0,
+                (on - off) * 1e6
+            );
+        }
     }
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_outpost-agent"));
     let size = std::fs::metadata(bin).map(|m| m.len()).unwrap_or(0);
