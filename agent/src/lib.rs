@@ -20,6 +20,7 @@ pub mod serve;
 pub mod store;
 pub mod telemetry;
 pub mod update;
+pub mod update_fs;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
