@@ -21,6 +21,7 @@ pub mod store;
 pub mod telemetry;
 pub mod update;
 pub mod update_fs;
+pub mod update_shell;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

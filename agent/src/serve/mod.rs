@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use outpost_protocol::bytes::Sha256;
 use outpost_protocol::codec;
 use outpost_protocol::trust::{
-    MAX_METADATA_BYTES, ReleaseMetadata, Signed, TrustError, TrustState, Verifier, check_reader,
+    MAX_METADATA_BYTES, ReleaseMetadata, Signed, TargetMeta, TrustError, TrustState, Verifier,
+    check_reader,
 };
 use outpost_runtime::{
     InputError, LoadOptions, Model, Package, PackageLimits, TargetProfile, Tensor,
@@ -82,9 +83,8 @@ impl LoadedModel {
         let LoadContext {
             state,
             verifier,
-            target,
             now_unix,
-            breaker,
+            ..
         } = *ctx;
         let ppath = package.display().to_string();
         let rpath = release.display().to_string();
@@ -118,11 +118,46 @@ impl LoadedModel {
                 path: ppath.clone(),
                 sha256,
             })?;
+        Self::from_verified_bytes(package, &bytes, target_meta, ctx, fallback)
+    }
+
+    /// Loads a package whose release-signed target is already known (the
+    /// update machine verified the metadata): its bytes must still match
+    /// the target's digest and length (a staged file may have rotted), the
+    /// device must meet its constraints, and its manifest must name it.
+    pub fn load_target(
+        package: &Path,
+        target_meta: &TargetMeta,
+        ctx: &LoadContext<'_>,
+        fallback: Fallback,
+    ) -> Result<LoadedModel, LoadError> {
+        let bytes = std::fs::read(package).map_err(|e| LoadError::Read {
+            path: package.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Self::from_verified_bytes(package, &bytes, target_meta, ctx, fallback)
+    }
+
+    fn from_verified_bytes(
+        package: &Path,
+        bytes: &[u8],
+        target_meta: &TargetMeta,
+        ctx: &LoadContext<'_>,
+        fallback: Fallback,
+    ) -> Result<LoadedModel, LoadError> {
+        let LoadContext {
+            verifier,
+            target,
+            breaker,
+            ..
+        } = *ctx;
+        let ppath = package.display().to_string();
+        let sha256 = Sha256::of(bytes);
         let trust = |source| LoadError::Trust {
             path: ppath.clone(),
             source,
         };
-        check_reader(target_meta, bytes.as_slice())
+        check_reader(target_meta, bytes)
             .map_err(|e| LoadError::Read {
                 path: ppath.clone(),
                 reason: e.to_string(),
@@ -137,7 +172,7 @@ impl LoadedModel {
             path: ppath.clone(),
             source: Box::new(source),
         })?;
-        let reference = reference_of(&bytes, &ppath)?;
+        let reference = reference_of(bytes, &ppath)?;
         let info = model.info();
         if info.name != target_meta.name
             || info.version.as_deref() != Some(target_meta.version.as_str())
@@ -273,6 +308,26 @@ impl ModelHost {
 
     pub fn is_empty(&self) -> bool {
         self.slots.read().map(|s| s.is_empty()).unwrap_or(true)
+    }
+
+    /// Sets both slots of `active.name` (a rollback swaps them back).
+    pub fn set(&self, active: Arc<LoadedModel>, previous: Option<Arc<LoadedModel>>) {
+        if let Ok(mut slots) = self.slots.write() {
+            slots.insert(active.name.clone(), Slots { active, previous });
+        }
+    }
+
+    /// Stops serving `name` (retire). Whether it was served.
+    pub fn remove(&self, name: &str) -> bool {
+        self.slots
+            .write()
+            .map(|mut s| s.remove(name).is_some())
+            .unwrap_or(false)
+    }
+
+    /// `(active, previous)` of `name`.
+    pub fn slots_of(&self, name: &str) -> Option<(Arc<LoadedModel>, Option<Arc<LoadedModel>>)> {
+        self.get(name).map(|s| (s.active, s.previous))
     }
 
     /// `(active, previous)` of every name.

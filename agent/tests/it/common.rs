@@ -105,6 +105,18 @@ pub fn package_bytes_ranged(name: &str, version: &str, with_reference: bool, max
     if with_reference {
         b.add("reference.bin", reference_bytes(&model)).unwrap();
     }
+    // Golden self-test rows (as `outpost model pack` writes them).
+    let rows: Vec<f32> = digits(4).0.concat();
+    let x = outpost_runtime::Tensor::from_shape(&[4, 64], &rows).unwrap();
+    let y = model.run(vec![x.clone()]).unwrap();
+    let out_name = model.info().outputs[0].name.clone();
+    let npz = |named: Vec<(String, outpost_runtime::Tensor)>| {
+        outpost_runtime::npy::npz_bytes(&named).unwrap()
+    };
+    b.add("golden/inputs.npz", npz(vec![("input".into(), x)]))
+        .unwrap();
+    b.add("golden/outputs.npz", npz(vec![(out_name, y[0].clone())]))
+        .unwrap();
     b.to_bytes().unwrap()
 }
 

@@ -12,8 +12,8 @@ use axum::routing::get;
 use outpost_agent::download::{DownloadError, download, http_agent};
 
 /// A local HTTP server; dropping it (its runtime) stops it.
-struct Server {
-    base: String,
+pub(crate) struct Server {
+    pub(crate) base: String,
     _rt: tokio::runtime::Runtime,
 }
 
@@ -29,7 +29,7 @@ fn range_start(h: &HeaderMap) -> Option<usize> {
 
 /// Serves `data` at /ok (honours Range), /norange (ignores it), /endless,
 /// /missing.
-fn serve(data: Vec<u8>) -> Server {
+pub(crate) fn serve(data: Vec<u8>) -> Server {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

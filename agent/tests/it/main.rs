@@ -8,4 +8,5 @@ mod download;
 mod mqtt;
 mod start;
 mod tls;
+mod update_shell;
 mod update_sim;

@@ -1,0 +1,275 @@
+//! The update machine driven by the real shell: a signed package served
+//! over HTTP is downloaded, checked, staged, self-tested with its golden
+//! rows, committed by its pointer file and served; a rollback restores the
+//! previous model without a download; a tampered package never serves.
+
+use std::time::Instant;
+
+use outpost_agent::config::{BreakerConfig, Fallback};
+use outpost_agent::download::http_agent;
+use outpost_agent::serve::{LoadContext, LoadedModel, ModelHost};
+use outpost_agent::update::{SlotPointer, Slots, UpdateConfig, Updater};
+use outpost_agent::update_fs::UpdateFiles;
+use outpost_agent::update_shell::{Shell, drive};
+use outpost_protocol::messages::{Command, EventKind, InstallStep, ModelRef};
+use outpost_protocol::trust::keys;
+use outpost_protocol::trust::*;
+
+use crate::common::*;
+use crate::download::serve;
+
+struct Device {
+    files: UpdateFiles,
+    host: ModelHost,
+    http: ureq::Agent,
+    verifier: Verifier,
+    target: outpost_runtime::TargetProfile,
+    breaker: BreakerConfig,
+    core: Updater,
+}
+
+fn model_ref(name: &str, version: &str, bytes: &[u8]) -> ModelRef {
+    ModelRef {
+        name: name.into(),
+        version: version.into(),
+        sha256: outpost_protocol::bytes::Sha256::of(bytes),
+    }
+}
+
+/// A device serving digits 1.0.0 (installed, with its pointer file).
+fn device(w: &World) -> Device {
+    let config = w.config("shell-dev", 1, "");
+    let files = UpdateFiles::open(&config.data_dir).unwrap();
+    let trust = TrustState::pinned(
+        &outpost_protocol::codec::decode(&std::fs::read(&w.root_path).unwrap(), 1 << 16).unwrap(),
+    )
+    .unwrap();
+    let verifier = Verifier::new(DeviceIdentity {
+        id: config.device_id.clone(),
+        arch: config.target.arch.clone(),
+        memory_mb: config.target.memory_mb,
+        engines: vec!["cpu".into()],
+        cohorts: vec![],
+    });
+    let v1 = model_ref("digits", "1.0.0", &w.package);
+    std::fs::write(files.package_path(&v1.sha256), &w.package).unwrap();
+    let pointer = SlotPointer {
+        active: v1.clone(),
+        previous: None,
+    };
+    files.write_pointer("digits", &pointer).unwrap();
+    let host = ModelHost::default();
+    let ctx = LoadContext {
+        state: &trust,
+        verifier: &verifier,
+        target: &config.target,
+        now_unix: now(),
+        breaker: &config.breaker,
+    };
+    host.activate(
+        LoadedModel::load_verified(&w.package_path, &w.release_path, &ctx, Fallback::Reject)
+            .unwrap(),
+    );
+    let slots: Slots = files.read_slots().unwrap();
+    let core = Updater::new(
+        verifier.clone(),
+        UpdateConfig::default(),
+        trust,
+        slots,
+        Instant::now(),
+        now(),
+    );
+    Device {
+        files,
+        host,
+        http: http_agent(),
+        verifier,
+        target: config.target.clone(),
+        breaker: config.breaker.clone(),
+        core,
+    }
+}
+
+impl Device {
+    fn run(&mut self, cmd: &Command) -> Vec<EventKind> {
+        let _ = self.core.handle_command(Instant::now(), cmd);
+        let trust = self.core.trust().clone();
+        let shell = Shell {
+            files: &self.files,
+            host: &self.host,
+            http: &self.http,
+            load: LoadContext {
+                state: &trust,
+                verifier: &self.verifier,
+                target: &self.target,
+                now_unix: now(),
+                breaker: &self.breaker,
+            },
+            fallback: Fallback::Reject,
+        };
+        drive(&mut self.core, &shell).unwrap().events
+    }
+
+    fn serving(&self) -> (String, Option<String>) {
+        let (a, p) = self.host.slots_of("digits").unwrap();
+        (a.version.clone(), p.map(|p| p.version.clone()))
+    }
+}
+
+fn command(
+    w: &World,
+    seq: u64,
+    action: DirectiveAction,
+    targets: &[TargetMeta],
+    url: Option<String>,
+) -> Command {
+    let directive = Directive {
+        sequence: seq,
+        selector: Selector::Device(outpost_protocol::topic::DeviceId::new("shell-dev").unwrap()),
+        action,
+        rollout: None,
+        issued_at: now(),
+        expires: now() + 3600,
+        offline_grace: OfflineGrace {
+            max_offline_secs: 600,
+            then: GraceAction::RollBack,
+        },
+    };
+    let release = (!targets.is_empty()).then(|| {
+        let meta = ReleaseMetadata {
+            version: 1,
+            expires: now() + 86_400,
+            targets: targets.to_vec(),
+        };
+        keys::sign(&meta, Role::Release, &[&w.release_key]).unwrap()
+    });
+    Command {
+        directive: keys::sign(&directive, Role::Director, &[&w.director_key]).unwrap(),
+        release,
+        artifact_url: url,
+    }
+}
+
+#[test]
+fn a_deploy_is_downloaded_self_tested_committed_and_served_and_a_rollback_needs_no_download() {
+    let w = World::new();
+    let mut d = device(&w);
+    let v2 = package_bytes("digits", "2.0.0");
+    let server = serve(v2.clone());
+    let t2 = w.target("digits", "2.0.0", &v2);
+    let deploy = DirectiveAction::Deploy {
+        target: t2.reference(),
+        probation: Probation::None,
+    };
+    let events = d.run(&command(
+        &w,
+        1,
+        deploy,
+        std::slice::from_ref(&t2),
+        Some(format!("{}/ok", server.base)),
+    ));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            EventKind::Install {
+                step: InstallStep::Committed,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(d.serving(), ("2.0.0".into(), Some("1.0.0".into())));
+    let pointer = &d.files.read_slots().unwrap()["digits"];
+    assert_eq!(pointer.active.version, "2.0.0");
+    assert_eq!(pointer.previous.as_ref().unwrap().version, "1.0.0");
+    assert!(d.files.package_path(&t2.sha256).exists());
+    assert!(!d.files.download_path(&t2.sha256).exists());
+    // It answers.
+    let (rows, _) = digits(2);
+    let x = outpost_runtime::Tensor::from_shape(&[2, 64], &rows.concat()).unwrap();
+    let out = d.host.infer("digits", vec![(None, x)]).unwrap();
+    assert_eq!(out.model.version, "2.0.0");
+
+    // Back to 1.0.0: a new directive, no download (the server is gone).
+    drop(server);
+    let v1 = model_ref("digits", "1.0.0", &w.package);
+    let t1 = w.target("digits", "1.0.0", &w.package);
+    let back = DirectiveAction::Rollback {
+        target: t1.reference(),
+    };
+    let events = d.run(&command(&w, 2, back, &[t1], None));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, EventKind::RolledBack { .. })),
+        "{events:?}"
+    );
+    assert_eq!(d.serving().0, "1.0.0");
+    assert_eq!(d.files.read_slots().unwrap()["digits"].active, v1);
+    assert!(
+        !d.files.package_path(&t2.sha256).exists(),
+        "the rolled-back package is deleted"
+    );
+}
+
+#[test]
+fn a_tampered_package_is_never_served() {
+    let w = World::new();
+    let mut d = device(&w);
+    let v2 = package_bytes("digits", "2.0.0");
+    let t2 = w.target("digits", "2.0.0", &v2);
+    let mut evil = v2.clone();
+    let n = evil.len();
+    evil[n / 2] ^= 1;
+    let server = serve(evil);
+    let deploy = DirectiveAction::Deploy {
+        target: t2.reference(),
+        probation: Probation::None,
+    };
+    let events = d.run(&command(
+        &w,
+        1,
+        deploy,
+        std::slice::from_ref(&t2),
+        Some(format!("{}/ok", server.base)),
+    ));
+    assert!(
+        events
+            .iter()
+            .any(|e| format!("{e:?}").contains("hash_mismatch")),
+        "{events:?}"
+    );
+    assert_eq!(d.serving(), ("1.0.0".into(), None));
+    assert_eq!(
+        d.files.read_slots().unwrap()["digits"].active.version,
+        "1.0.0"
+    );
+    assert!(!d.files.package_path(&t2.sha256).exists());
+    assert!(!d.files.download_path(&t2.sha256).exists());
+}
+
+#[test]
+fn a_probation_this_build_cannot_run_discards_the_candidate_and_says_why() {
+    let w = World::new();
+    let mut d = device(&w);
+    let v2 = package_bytes("digits", "2.0.0");
+    let server = serve(v2.clone());
+    let t2 = w.target("digits", "2.0.0", &v2);
+    let deploy = DirectiveAction::Deploy {
+        target: t2.reference(),
+        probation: Probation::Canary,
+    };
+    let events = d.run(&command(
+        &w,
+        1,
+        deploy,
+        std::slice::from_ref(&t2),
+        Some(format!("{}/ok", server.base)),
+    ));
+    assert!(
+        events.iter().any(|e| matches!(e, EventKind::RolledBack { reason, .. } if reason.contains("not supported"))),
+        "{events:?}"
+    );
+    assert_eq!(d.serving(), ("1.0.0".into(), None));
+    assert!(!d.files.package_path(&t2.sha256).exists());
+}
