@@ -150,24 +150,36 @@ fn command(
     }
 }
 
+/// Deploys digits 2.0.0 with `probation` from a local HTTP server (which
+/// sends a corrupted copy when `tamper`); the target and the events.
+fn deploy_v2(
+    w: &World,
+    d: &mut Device,
+    probation: Probation,
+    tamper: bool,
+) -> (TargetMeta, Vec<EventKind>) {
+    let v2 = package_bytes("digits", "2.0.0");
+    let t2 = w.target("digits", "2.0.0", &v2);
+    let mut served = v2;
+    if tamper {
+        let n = served.len();
+        served[n / 2] ^= 1;
+    }
+    let server = serve(served);
+    let deploy = DirectiveAction::Deploy {
+        target: t2.reference(),
+        probation,
+    };
+    let url = Some(format!("{}/ok", server.base));
+    let events = d.run(&command(w, 1, deploy, std::slice::from_ref(&t2), url));
+    (t2, events)
+}
+
 #[test]
 fn a_deploy_is_downloaded_self_tested_committed_and_served_and_a_rollback_needs_no_download() {
     let w = World::new();
     let mut d = device(&w);
-    let v2 = package_bytes("digits", "2.0.0");
-    let server = serve(v2.clone());
-    let t2 = w.target("digits", "2.0.0", &v2);
-    let deploy = DirectiveAction::Deploy {
-        target: t2.reference(),
-        probation: Probation::None,
-    };
-    let events = d.run(&command(
-        &w,
-        1,
-        deploy,
-        std::slice::from_ref(&t2),
-        Some(format!("{}/ok", server.base)),
-    ));
+    let (t2, events) = deploy_v2(&w, &mut d, Probation::None, false);
     assert!(
         events.iter().any(|e| matches!(
             e,
@@ -191,7 +203,6 @@ fn a_deploy_is_downloaded_self_tested_committed_and_served_and_a_rollback_needs_
     assert_eq!(out.model.version, "2.0.0");
 
     // Back to 1.0.0: a new directive, no download (the server is gone).
-    drop(server);
     let v1 = model_ref("digits", "1.0.0", &w.package);
     let t1 = w.target("digits", "1.0.0", &w.package);
     let back = DirectiveAction::Rollback {
@@ -216,23 +227,7 @@ fn a_deploy_is_downloaded_self_tested_committed_and_served_and_a_rollback_needs_
 fn a_tampered_package_is_never_served() {
     let w = World::new();
     let mut d = device(&w);
-    let v2 = package_bytes("digits", "2.0.0");
-    let t2 = w.target("digits", "2.0.0", &v2);
-    let mut evil = v2.clone();
-    let n = evil.len();
-    evil[n / 2] ^= 1;
-    let server = serve(evil);
-    let deploy = DirectiveAction::Deploy {
-        target: t2.reference(),
-        probation: Probation::None,
-    };
-    let events = d.run(&command(
-        &w,
-        1,
-        deploy,
-        std::slice::from_ref(&t2),
-        Some(format!("{}/ok", server.base)),
-    ));
+    let (t2, events) = deploy_v2(&w, &mut d, Probation::None, true);
     assert!(
         events
             .iter()
@@ -252,20 +247,7 @@ fn a_tampered_package_is_never_served() {
 fn a_probation_this_build_cannot_run_discards_the_candidate_and_says_why() {
     let w = World::new();
     let mut d = device(&w);
-    let v2 = package_bytes("digits", "2.0.0");
-    let server = serve(v2.clone());
-    let t2 = w.target("digits", "2.0.0", &v2);
-    let deploy = DirectiveAction::Deploy {
-        target: t2.reference(),
-        probation: Probation::Canary,
-    };
-    let events = d.run(&command(
-        &w,
-        1,
-        deploy,
-        std::slice::from_ref(&t2),
-        Some(format!("{}/ok", server.base)),
-    ));
+    let (t2, events) = deploy_v2(&w, &mut d, Probation::Canary, false);
     assert!(
         events.iter().any(|e| matches!(e, EventKind::RolledBack { reason, .. } if reason.contains("not supported"))),
         "{events:?}"
