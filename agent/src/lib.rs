@@ -84,6 +84,40 @@ pub enum StartError {
     Bind { addr: String, reason: String },
     #[error(transparent)]
     Mqtt(#[from] mqtt::MqttSetupError),
+    /// The update folder (installed packages, pointer files) is unreadable.
+    #[error("update files: {0}")]
+    Files(std::io::Error),
+}
+
+/// The model name in a package's manifest (before it is verified: only
+/// to find its pointer file). `None` when unreadable: the first-boot
+/// verification then says why.
+fn package_name(path: &std::path::Path) -> Option<String> {
+    outpost_runtime::Package::open(path, &outpost_runtime::PackageLimits::default())
+        .ok()
+        .map(|p| p.manifest().name.clone())
+}
+
+/// First boot: the verified package is copied into the update folder and
+/// its pointer written, so later updates and restarts work from there.
+fn install_first_boot(
+    files: &update_fs::UpdateFiles,
+    package: &std::path::Path,
+    loaded: &LoadedModel,
+) -> std::io::Result<()> {
+    let dest = files.package_path(&loaded.sha256);
+    if !dest.exists() {
+        store::write_atomic(&dest, &std::fs::read(package)?)?;
+    }
+    let pointer = update::SlotPointer {
+        active: outpost_protocol::messages::ModelRef {
+            name: loaded.name.clone(),
+            version: loaded.version.clone(),
+            sha256: loaded.sha256,
+        },
+        previous: None,
+    };
+    files.write_pointer(&loaded.name, &pointer)
 }
 
 impl AgentState {
@@ -114,11 +148,49 @@ impl AgentState {
             now_unix: unix_now(),
             breaker: &config.breaker,
         };
+        let files = update_fs::UpdateFiles::open(&config.data_dir).map_err(StartError::Files)?;
+        let slots = files.read_slots().map_err(StartError::Files)?;
         for m in &config.models {
+            // Design: once a model is installed (its pointer file exists),
+            // the pointer is the truth — the update machine may have moved
+            // on from the first-boot package, whose release metadata may
+            // since have expired. Only a first boot needs the configured
+            // package to verify.
+            if let Some(pointer) = package_name(&m.package).and_then(|n| slots.get(&n)) {
+                let fallback = m.fallback.clone();
+                let load = |r: &outpost_protocol::messages::ModelRef| {
+                    update_shell::load_installed(&files, r, &ctx, fallback.clone())
+                };
+                let previous = || {
+                    pointer.previous.as_ref().and_then(|p| {
+                        load(p)
+                            .map_err(|e| tracing::warn!(error = %e, "previous model does not load"))
+                            .ok()
+                    })
+                };
+                match load(&pointer.active) {
+                    Ok(active) => {
+                        tracing::info!(model = %active.name, version = %active.version, "installed model loaded");
+                        host.set(Arc::new(active), previous().map(Arc::new));
+                    }
+                    // A rotted active package: serve the previous verified
+                    // model rather than nothing (the fleet sees the version
+                    // in birth and state and can redeploy).
+                    Err(e) => match previous() {
+                        Some(p) => {
+                            tracing::error!(error = %e, version = %p.version, "installed model does not load; serving the previous one");
+                            host.set(Arc::new(p), None);
+                        }
+                        None => return Err(StartError::Model(Box::new(e))),
+                    },
+                }
+                continue;
+            }
             let loaded =
                 LoadedModel::load_verified(&m.package, &m.release, &ctx, m.fallback.clone())
                     .map_err(Box::new)?;
-            tracing::info!(model = %loaded.name, version = %loaded.version, "verified and loaded");
+            install_first_boot(&files, &m.package, &loaded).map_err(StartError::Files)?;
+            tracing::info!(model = %loaded.name, version = %loaded.version, "verified, installed and loaded");
             host.activate(loaded);
         }
         let telemetry = telemetry::Telemetry::new(

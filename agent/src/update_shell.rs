@@ -204,8 +204,7 @@ pub fn drive(core: &mut Updater, shell: &Shell<'_>) -> Result<Published, Persist
 }
 
 /// Serves `m` (the previous model a rollback restores): from memory when
-/// the host still holds it, else from its digest-named package (digest
-/// checked again; its constraints were checked when it was installed).
+/// the host still holds it, else from its installed package.
 fn restore_in_host(shell: &Shell<'_>, m: &ModelRef) {
     if let Some((_, Some(previous))) = shell.host.slots_of(&m.name)
         && previous.sha256 == m.sha256
@@ -213,7 +212,22 @@ fn restore_in_host(shell: &Shell<'_>, m: &ModelRef) {
         shell.host.set(previous, None);
         return;
     }
-    let path = shell.files.package_path(&m.sha256);
+    match load_installed(shell.files, m, &shell.load, shell.fallback.clone()) {
+        Ok(loaded) => shell.host.set(Arc::new(loaded), None),
+        Err(e) => tracing::error!(error = %e, "the restored model does not load"),
+    }
+}
+
+/// Loads an installed model from its digest-named package: the digest is
+/// checked again (the file may have rotted); its signatures and constraints
+/// were checked when it was installed.
+pub fn load_installed(
+    files: &UpdateFiles,
+    m: &ModelRef,
+    ctx: &LoadContext<'_>,
+    fallback: Fallback,
+) -> Result<LoadedModel, crate::serve::LoadError> {
+    let path = files.package_path(&m.sha256);
     let length = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
     let target = TargetMeta {
         name: m.name.clone(),
@@ -222,10 +236,7 @@ fn restore_in_host(shell: &Shell<'_>, m: &ModelRef) {
         length,
         constraints: Default::default(),
     };
-    match LoadedModel::load_target(&path, &target, &shell.load, shell.fallback.clone()) {
-        Ok(loaded) => shell.host.set(Arc::new(loaded), None),
-        Err(e) => tracing::error!(error = %e, "the restored model does not load"),
-    }
+    LoadedModel::load_target(&path, &target, ctx, fallback)
 }
 
 /// The release-signed target behind a model the core names.

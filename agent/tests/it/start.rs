@@ -91,3 +91,62 @@ fn a_store_that_does_not_open_is_recreated_and_the_model_serves() {
         .any(|e| e.file_name().to_string_lossy().starts_with("store.broken-"));
     assert!(moved, "the broken store was kept aside for inspection");
 }
+
+fn installed(config: &outpost_agent::config::AgentConfig) -> outpost_agent::update_fs::UpdateFiles {
+    outpost_agent::update_fs::UpdateFiles::open(&config.data_dir).unwrap()
+}
+
+fn mref(version: &str, bytes: &[u8]) -> outpost_protocol::messages::ModelRef {
+    outpost_protocol::messages::ModelRef {
+        name: "digits".into(),
+        version: version.into(),
+        sha256: outpost_protocol::bytes::Sha256::of(bytes),
+    }
+}
+
+#[test]
+fn first_boot_installs_the_package_and_a_restart_serves_what_was_installed_since() {
+    use outpost_agent::update::SlotPointer;
+    let w = World::new();
+    let config = w.config("start-installed", 1, "");
+    let a = AgentState::start(config.clone()).unwrap();
+    let files = installed(&config);
+    let v1 = mref("1.0.0", &w.package);
+    assert_eq!(files.read_slots().unwrap()["digits"].active, v1);
+    assert!(files.package_path(&v1.sha256).exists());
+    drop(a);
+
+    // The update machine committed 2.0.0 (its package and pointer), and the
+    // first-boot package's release metadata has since expired.
+    let v2_bytes = package_bytes("digits", "2.0.0");
+    let v2 = mref("2.0.0", &v2_bytes);
+    std::fs::write(files.package_path(&v2.sha256), &v2_bytes).unwrap();
+    files
+        .write_pointer(
+            "digits",
+            &SlotPointer {
+                active: v2.clone(),
+                previous: Some(v1.clone()),
+            },
+        )
+        .unwrap();
+    let t1 = w.target("digits", "1.0.0", &w.package);
+    w.write_release(&w.release_path, &[t1], -1);
+    let a = AgentState::start(config.clone()).unwrap();
+    let (active, previous) = a.host.slots_of("digits").unwrap();
+    assert_eq!(active.version, "2.0.0");
+    assert_eq!(previous.unwrap().version, "1.0.0");
+    drop(a);
+
+    // The installed 2.0.0 rots on disk: the previous verified model serves.
+    let mut rotten = v2_bytes.clone();
+    let n = rotten.len();
+    rotten[n / 3] ^= 0x10;
+    std::fs::write(files.package_path(&v2.sha256), &rotten).unwrap();
+    let a = AgentState::start(config).unwrap();
+    let (active, previous) = a.host.slots_of("digits").unwrap();
+    assert_eq!(
+        (active.version.as_str(), previous.is_none()),
+        ("1.0.0", true)
+    );
+}
