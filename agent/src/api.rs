@@ -75,9 +75,7 @@ fn parse_inputs(
             .map_err(|e| bad(format!("body is not an inference request: {e}")))?;
         let specs = state
             .host
-            .list()
-            .into_iter()
-            .find(|(m, _)| m.name == model)
+            .slots_of(model)
             .map(|(m, _)| m.model.inputs().to_vec())
             .unwrap_or_default();
         let mut inputs = Vec::with_capacity(req.inputs.len());
@@ -202,7 +200,7 @@ fn profile(
             InferError::OutOfDistribution(_)
             | InferError::Engine(_)
             | InferError::Unavailable { .. },
-        ) => match state.host.list().into_iter().find(|(m, _)| m.name == name) {
+        ) => match state.host.slots_of(name) {
             Some((m, _)) => (m, None, elapsed),
             None => return,
         },
@@ -289,7 +287,8 @@ fn finish(
         }
     };
     state.metrics.request(name, outcome);
-    for (m, _) in state.host.list() {
+    // Only this model's breaker can have moved.
+    if let Some((m, _)) = state.host.slots_of(name) {
         state
             .metrics
             .breaker_open
@@ -440,10 +439,10 @@ async fn feedback(State(state): State<Arc<AgentState>>, body: Bytes) -> Response
     // if that version still serves.
     let loaded = state
         .host
-        .list()
+        .slots_of(&model)
         .into_iter()
         .flat_map(|(a, p)| std::iter::once(a).chain(p))
-        .find(|m| m.name == model && m.version == version);
+        .find(|m| m.version == version);
     if let Some(m) = loaded {
         let (dropped, _) =
             state

@@ -107,3 +107,22 @@ impl Fnv64 {
         self.0
     }
 }
+
+/// Decodes a window-format value: the current layout, or the version-1
+/// layout `Old` converted (windows and sets share the versioning).
+pub(crate) fn decode_window<T, Old>(
+    what: &'static str,
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, DecodeError>
+where
+    T: DeserializeOwned,
+    Old: DeserializeOwned + Into<T>,
+{
+    let (version, rest) = split(what, bytes, limit, OLDEST_WINDOW_VERSION, WINDOW_VERSION)?;
+    if version == WINDOW_VERSION {
+        body(what, rest)
+    } else {
+        Ok(body::<Old>(what, rest)?.into())
+    }
+}

@@ -229,19 +229,8 @@ impl WindowProfile {
     /// Version 1 windows (from agents older than feedback) decode with
     /// empty feedback.
     pub fn from_bytes(bytes: &[u8], limit: usize) -> Result<Self, DecodeError> {
-        const WHAT: &str = "window profile";
-        let (version, body) = codec::split(
-            WHAT,
-            bytes,
-            limit,
-            codec::OLDEST_WINDOW_VERSION,
-            codec::WINDOW_VERSION,
-        )?;
-        let window: Self = if version == codec::WINDOW_VERSION {
-            codec::body(WHAT, body)?
-        } else {
-            codec::body::<v1::WindowProfile>(WHAT, body)?.into()
-        };
+        let window: Self =
+            codec::decode_window::<Self, v1::WindowProfile>("window profile", bytes, limit)?;
         window
             .profile
             .validate()

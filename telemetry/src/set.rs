@@ -103,22 +103,7 @@ impl ProfileSet {
     /// # Errors
     /// [`DecodeError`] as for [`WindowProfile::from_bytes`].
     pub fn from_bytes(bytes: &[u8], limit: usize) -> Result<Self, DecodeError> {
-        const WHAT: &str = "profile set";
-        let (version, body) = codec::split(
-            WHAT,
-            bytes,
-            limit,
-            codec::OLDEST_WINDOW_VERSION,
-            codec::WINDOW_VERSION,
-        )?;
-        let set: Self = if version == codec::WINDOW_VERSION {
-            codec::body(WHAT, body)?
-        } else {
-            let windows: BTreeMap<WindowKey, v1::Profile> = codec::body(WHAT, body)?;
-            Self {
-                windows: windows.into_iter().map(|(k, p)| (k, p.into())).collect(),
-            }
-        };
+        let set: Self = codec::decode_window::<Self, V1Set>("profile set", bytes, limit)?;
         set.windows
             .values()
             .try_for_each(Profile::validate)
@@ -127,6 +112,17 @@ impl ProfileSet {
                 reason,
             })?;
         Ok(set)
+    }
+}
+
+/// A version-1 set, as older servers wrote it.
+type V1Set = BTreeMap<WindowKey, v1::Profile>;
+
+impl From<V1Set> for ProfileSet {
+    fn from(windows: V1Set) -> Self {
+        ProfileSet {
+            windows: windows.into_iter().map(|(k, p)| (k, p.into())).collect(),
+        }
     }
 }
 

@@ -168,11 +168,27 @@ impl LoadedModel {
             target: Some(target.clone()),
             ..LoadOptions::default()
         };
-        let model = Model::load(package, &opts).map_err(|source| LoadError::Runtime {
+        let runtime = |source| LoadError::Runtime {
             path: ppath.clone(),
             source: Box::new(source),
-        })?;
-        let reference = reference_of(bytes, &ppath)?;
+        };
+        // The bytes are already read (and hashed): parse the package once
+        // for the model and its reference profile.
+        let (model, reference) = if outpost_runtime::package::looks_like_package(bytes) {
+            let limits = PackageLimits {
+                max_total_bytes: opts.max_model_bytes,
+                ..PackageLimits::default()
+            };
+            let pkg = Package::from_bytes(bytes, &ppath, &limits)
+                .map_err(|e| runtime(outpost_runtime::Error::Package(e)))?;
+            (
+                Model::from_package(&pkg, &opts).map_err(runtime)?,
+                reference_of(&pkg, &ppath)?,
+            )
+        } else {
+            // A bare ONNX model (no reference profile to profile against).
+            (Model::load(package, &opts).map_err(runtime)?, None)
+        };
         let info = model.info();
         if info.name != target_meta.name
             || info.version.as_deref() != Some(target_meta.version.as_str())
@@ -210,15 +226,7 @@ impl LoadedModel {
 
 /// The reference profile in a package, if any. A malformed one refuses the
 /// package: it is signed content that does not decode.
-fn reference_of(bytes: &[u8], path: &str) -> Result<Option<Arc<ReferenceProfile>>, LoadError> {
-    let limits = PackageLimits {
-        max_total_bytes: bytes.len() as u64,
-        ..PackageLimits::default()
-    };
-    let pkg = Package::from_bytes(bytes, path, &limits).map_err(|e| LoadError::Read {
-        path: path.to_owned(),
-        reason: e.to_string(),
-    })?;
+fn reference_of(pkg: &Package, path: &str) -> Result<Option<Arc<ReferenceProfile>>, LoadError> {
     pkg.member(REFERENCE_MEMBER)
         .map(|b| {
             ReferenceProfile::from_bytes(b, REFERENCE_DECODE_LIMIT)

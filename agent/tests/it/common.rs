@@ -267,8 +267,19 @@ release = "{release}"
     }
 
     pub fn config(&self, device: &str, mqtt_port: u16, extra_model: &str) -> AgentConfig {
-        let text = self.config_text(device, mqtt_port, extra_model);
-        AgentConfig::parse(&text, Path::new("agent.toml"), self.dir.path()).unwrap()
+        self.parse(&self.config_text(device, mqtt_port, extra_model))
+    }
+
+    /// Parses config text (relative paths resolve in the world's folder).
+    pub fn parse(&self, text: &str) -> AgentConfig {
+        AgentConfig::parse(text, Path::new("agent.toml"), self.dir.path()).unwrap()
+    }
+
+    /// [`World::config`] with one setting edited (`from` replaced by `to`).
+    pub fn config_edited(&self, device: &str, mqtt_port: u16, from: &str, to: &str) -> AgentConfig {
+        let text = self.config_text(device, mqtt_port, "");
+        assert!(text.contains(from), "{from:?} is not in the test config");
+        self.parse(&text.replace(from, to))
     }
 
     pub fn config_file(&self, device: &str, mqtt_port: u16) -> PathBuf {

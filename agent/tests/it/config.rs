@@ -181,8 +181,7 @@ fn status_asks_the_running_agent() {
     };
     // Nobody answers yet.
     assert_eq!(status().status.code(), Some(1));
-    let _a =
-        Running::start(AgentConfig::parse(&text, Path::new("agent.toml"), w.dir.path()).unwrap());
+    let _a = Running::start(w.parse(&text));
     let out = status();
     assert!(
         out.status.success(),

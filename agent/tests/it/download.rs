@@ -123,6 +123,11 @@ fn cut_server(data: Vec<u8>, cut: usize) -> String {
     format!("http://{addr}")
 }
 
+/// A download without progress reports.
+fn fetch(url: &str, dest: &std::path::Path, from: u64, length: u64) -> Result<u64, DownloadError> {
+    download(&http_agent(), url, dest, from, length, |_| {})
+}
+
 fn data(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 % 251) as u8).collect()
 }
@@ -153,15 +158,7 @@ fn a_download_resumes_from_the_bytes_on_disk() {
     let mut torn = d[..(1 << 20)].to_vec();
     torn.extend_from_slice(&[0xEE; 5000]);
     std::fs::write(&dest, &torn).unwrap();
-    let n = download(
-        &http_agent(),
-        &format!("{}/ok", s.base),
-        &dest,
-        1 << 20,
-        d.len() as u64,
-        |_| {},
-    )
-    .unwrap();
+    let n = fetch(&format!("{}/ok", s.base), &dest, 1 << 20, d.len() as u64).unwrap();
     assert_eq!(n, d.len() as u64);
     assert_eq!(std::fs::read(&dest).unwrap(), d);
 }
@@ -173,13 +170,11 @@ fn a_server_that_ignores_ranges_is_downloaded_from_the_start() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("pkg.part");
     std::fs::write(&dest, &d[..50_000]).unwrap();
-    let n = download(
-        &http_agent(),
+    let n = fetch(
         &format!("{}/norange", s.base),
         &dest,
         50_000,
         d.len() as u64,
-        |_| {},
     )
     .unwrap();
     assert_eq!(n, d.len() as u64);
@@ -198,7 +193,7 @@ fn a_cut_connection_reports_the_bytes_written_and_a_retry_completes() {
     loop {
         tries += 1;
         assert!(tries < 10, "no progress");
-        match download(&http_agent(), &url, &dest, at, d.len() as u64, |_| {}) {
+        match fetch(&url, &dest, at, d.len() as u64) {
             Ok(n) => {
                 assert_eq!(n, d.len() as u64);
                 break;
@@ -219,15 +214,7 @@ fn endless_data_stops_at_the_signed_length() {
     let s = serve(vec![]);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("pkg.part");
-    let err = download(
-        &http_agent(),
-        &format!("{}/endless", s.base),
-        &dest,
-        0,
-        100_000,
-        |_| {},
-    )
-    .unwrap_err();
+    let err = fetch(&format!("{}/endless", s.base), &dest, 0, 100_000).unwrap_err();
     assert!(
         matches!(
             err,
@@ -246,29 +233,13 @@ fn http_errors_and_dead_servers_are_typed() {
     let s = serve(vec![1, 2, 3]);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("pkg.part");
-    let err = download(
-        &http_agent(),
-        &format!("{}/missing", s.base),
-        &dest,
-        0,
-        3,
-        |_| {},
-    )
-    .unwrap_err();
+    let err = fetch(&format!("{}/missing", s.base), &dest, 0, 3).unwrap_err();
     assert!(
         matches!(err, DownloadError::Status { status: 404, .. }),
         "{err}"
     );
     let port = crate::common::free_port();
-    let err = download(
-        &http_agent(),
-        &format!("http://127.0.0.1:{port}/x"),
-        &dest,
-        0,
-        3,
-        |_| {},
-    )
-    .unwrap_err();
+    let err = fetch(&format!("http://127.0.0.1:{port}/x"), &dest, 0, 3).unwrap_err();
     assert!(
         matches!(
             err,
@@ -281,14 +252,6 @@ fn http_errors_and_dead_servers_are_typed() {
     );
     // Nothing more to fetch: done without a request.
     std::fs::write(&dest, [1, 2, 3]).unwrap();
-    let n = download(
-        &http_agent(),
-        &format!("http://127.0.0.1:{port}/x"),
-        &dest,
-        3,
-        3,
-        |_| {},
-    )
-    .unwrap();
+    let n = fetch(&format!("http://127.0.0.1:{port}/x"), &dest, 3, 3).unwrap();
     assert_eq!(n, 3);
 }

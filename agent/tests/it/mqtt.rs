@@ -13,6 +13,14 @@ use crate::common::*;
 
 const T: Duration = Duration::from_secs(30);
 
+/// A private broker, an observer of `device`'s topics, a trust world;
+/// `None` (skipped) without Mosquitto.
+fn setup(device: &str) -> Option<(Mosquitto, Observer, rumqttc::AsyncClient, World)> {
+    let broker = Mosquitto::start()?;
+    let (obs, client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
+    Some((broker, obs, client, World::new()))
+}
+
 fn rebirth(device: &str, sequence: u64) -> Directive {
     Directive {
         sequence,
@@ -30,13 +38,11 @@ fn rebirth(device: &str, sequence: u64) -> Directive {
 
 #[test]
 fn birth_and_retained_state_then_signed_commands_are_verified() {
-    let Some(broker) = Mosquitto::start() else {
-        return;
-    };
     let device = "mqtt-birth";
     let prefix = format!("outpost/v1/devices/{device}");
-    let (obs, client) = Observer::start(broker.port, &format!("{prefix}/#"));
-    let w = World::new();
+    let Some((broker, obs, client, w)) = setup(device) else {
+        return;
+    };
     let a = Running::start(w.config(device, broker.port, ""));
     let (_, p) = obs.next_where(T, |t, _| t.ends_with("/birth"));
     let birth: Birth = codec::decode(&p, 1 << 16).unwrap();
@@ -110,12 +116,10 @@ fn birth_and_retained_state_then_signed_commands_are_verified() {
 
 #[test]
 fn a_killed_agent_dies_by_its_last_will_with_the_birth_session() {
-    let Some(broker) = Mosquitto::start() else {
+    let device = "mqtt-kill";
+    let Some((broker, obs, _client, w)) = setup(device) else {
         return;
     };
-    let device = "mqtt-kill";
-    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
-    let w = World::new();
     let config = w.config_file(device, broker.port);
     let spawn = || {
         ChildGuard(
@@ -185,12 +189,10 @@ fn infer_rows(a: &Running, rows: usize) {
 
 #[test]
 fn every_inference_is_profiled_into_windows_published_with_qos1() {
-    let Some(broker) = Mosquitto::start() else {
+    let device = "mqtt-telemetry";
+    let Some((broker, obs, _client, w)) = setup(device) else {
         return;
     };
-    let device = "mqtt-telemetry";
-    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
-    let w = World::new();
     let a = Running::start(w.config(device, broker.port, ""));
     obs.next_where(T, |t, _| t.ends_with("/birth"));
     for _ in 0..3 {
@@ -223,12 +225,10 @@ fn every_inference_is_profiled_into_windows_published_with_qos1() {
 
 #[test]
 fn a_broker_restart_loses_no_window_and_duplicates_none() {
-    let Some(mut broker) = Mosquitto::start() else {
+    let device = "mqtt-restart";
+    let Some((mut broker, obs, _client, w)) = setup(device) else {
         return;
     };
-    let device = "mqtt-restart";
-    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
-    let w = World::new();
     let a = Running::start(w.config(device, broker.port, ""));
     obs.next_where(T, |t, _| t.ends_with("/birth"));
     infer_rows(&a, 5);
@@ -268,23 +268,17 @@ fn a_broker_restart_loses_no_window_and_duplicates_none() {
 
 #[test]
 fn windows_over_the_outbox_budget_are_dropped_counted_and_reported() {
-    let Some(broker) = Mosquitto::start() else {
+    let device = "mqtt-drops";
+    let Some((broker, obs, _client, w)) = setup(device) else {
         return;
     };
-    let device = "mqtt-drops";
-    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
-    let w = World::new();
     // 1 KB: smaller than any window of 65 columns.
-    let text = w.config_text(device, broker.port, "").replace(
+    let config = w.config_edited(
+        device,
+        broker.port,
         "window_secs = 1",
         "window_secs = 1\noutbox_budget_mb = 0.001",
     );
-    let config = outpost_agent::config::AgentConfig::parse(
-        &text,
-        std::path::Path::new("agent.toml"),
-        w.dir.path(),
-    )
-    .unwrap();
     let a = Running::start(config);
     obs.next_where(T, |t, _| t.ends_with("/birth"));
     infer_rows(&a, 3);
@@ -313,22 +307,12 @@ fn windows_over_the_outbox_budget_are_dropped_counted_and_reported() {
 
 #[test]
 fn a_clean_stop_keeps_the_open_window_for_the_next_run() {
-    let Some(broker) = Mosquitto::start() else {
+    let device = "mqtt-stop";
+    let Some((broker, obs, _client, w)) = setup(device) else {
         return;
     };
-    let device = "mqtt-stop";
-    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
-    let w = World::new();
     // A window far longer than the test: only the stop can seal it.
-    let text = w
-        .config_text(device, broker.port, "")
-        .replace("window_secs = 1", "window_secs = 3600");
-    let config = outpost_agent::config::AgentConfig::parse(
-        &text,
-        std::path::Path::new("agent.toml"),
-        w.dir.path(),
-    )
-    .unwrap();
+    let config = w.config_edited(device, broker.port, "window_secs = 1", "window_secs = 3600");
     let a = Running::start(config.clone());
     obs.next_where(T, |t, _| t.ends_with("/birth"));
     infer_rows(&a, 4);
@@ -343,21 +327,11 @@ fn a_clean_stop_keeps_the_open_window_for_the_next_run() {
 
 #[test]
 fn feedback_reaches_the_window_as_accuracy_per_segment() {
-    let Some(broker) = Mosquitto::start() else {
+    let device = "mqtt-feedback";
+    let Some((broker, obs, _client, w)) = setup(device) else {
         return;
     };
-    let device = "mqtt-feedback";
-    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
-    let w = World::new();
-    let text = w
-        .config_text(device, broker.port, "")
-        .replace("window_secs = 1", "window_secs = 3600");
-    let config = outpost_agent::config::AgentConfig::parse(
-        &text,
-        std::path::Path::new("agent.toml"),
-        w.dir.path(),
-    )
-    .unwrap();
+    let config = w.config_edited(device, broker.port, "window_secs = 1", "window_secs = 3600");
     let a = Running::start(config);
     obs.next_where(T, |t, _| t.ends_with("/birth"));
     let (rows, labels) = digits(10);
@@ -385,21 +359,16 @@ fn feedback_reaches_the_window_as_accuracy_per_segment() {
 
 #[test]
 fn bins_only_profiles_carry_no_sketches() {
-    let Some(broker) = Mosquitto::start() else {
+    let device = "mqtt-bins-only";
+    let Some((broker, obs, _client, w)) = setup(device) else {
         return;
     };
-    let device = "mqtt-bins-only";
-    let (obs, _client) = Observer::start(broker.port, &format!("outpost/v1/devices/{device}/#"));
-    let w = World::new();
-    let text = w
-        .config_text(device, broker.port, "")
-        .replace("window_secs = 1", "window_secs = 1\nkll_k = 0");
-    let config = outpost_agent::config::AgentConfig::parse(
-        &text,
-        std::path::Path::new("agent.toml"),
-        w.dir.path(),
-    )
-    .unwrap();
+    let config = w.config_edited(
+        device,
+        broker.port,
+        "window_secs = 1",
+        "window_secs = 1\nkll_k = 0",
+    );
     let a = Running::start(config);
     obs.next_where(T, |t, _| t.ends_with("/birth"));
     infer_rows(&a, 6);

@@ -202,10 +202,7 @@ fn tls_config_text(
 /// An agent for `device` holding a certificate for `cn` signed by `ca`.
 fn tls_agent(w: &World, pki: &Pki, port: u16, device: &str, cn: &str, ca: &str) -> Running {
     let (cert, key) = pki.client(cn, ca);
-    let text = tls_config_text(w, device, port, pki, &cert, &key);
-    let config =
-        outpost_agent::config::AgentConfig::parse(&text, Path::new("agent.toml"), w.dir.path());
-    Running::start(config.unwrap())
+    Running::start(w.parse(&tls_config_text(w, device, port, pki, &cert, &key)))
 }
 
 #[test]
