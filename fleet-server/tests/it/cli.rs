@@ -1,5 +1,4 @@
 //! The `outpost` binary, run as a user runs it.
-#![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
