@@ -16,6 +16,7 @@ use crate::AgentState;
 use crate::requests::{self, Record, Status};
 use crate::serve::tensor::{self, JsonTensor};
 use crate::serve::{AnsweredBy, InferError, InferOutcome};
+use outpost_protocol::messages::Slot;
 
 pub fn router(state: Arc<AgentState>) -> Router {
     let limit = state.config.api.max_body_bytes;
@@ -155,9 +156,17 @@ async fn infer(
             let st = state.clone();
             let name2 = name.clone();
             let started = std::time::Instant::now();
-            let result = tokio::task::spawn_blocking(move || st.host.infer(&name2, inputs))
+            let mut result = tokio::task::spawn_blocking(move || st.host.infer(&name2, inputs))
                 .await
                 .unwrap_or_else(|e| Err(InferError::Engine(format!("inference task: {e}"))));
+            // The shadow run starts once the caller's answer is decided and
+            // never delays it.
+            if let Some(job) = result.as_mut().ok().and_then(|o| o.shadow.take()) {
+                let st = state.clone();
+                let shadow_inputs = tensors.clone();
+                let segment = segment_for_profile.clone();
+                tokio::task::spawn_blocking(move || shadow(&st, job, &shadow_inputs, segment));
+            }
             profile(
                 &state,
                 &name,
@@ -181,6 +190,29 @@ async fn infer(
     (status, axum::Json(body)).into_response()
 }
 
+/// Runs the candidate in shadow and profiles it into its own window
+/// (candidate slot).
+fn shadow(
+    state: &AgentState,
+    job: crate::serve::probation::ShadowJob,
+    inputs: &[outpost_runtime::Tensor],
+    segment: Option<String>,
+) {
+    let out = job.run();
+    state.metrics.shadow_runs.inc();
+    let obs = crate::telemetry::Observation {
+        inputs,
+        outputs: out.outputs.as_deref(),
+        latency: out.latency,
+        segment: segment.as_deref(),
+        slot: Slot::Candidate,
+    };
+    let (dropped, _) = state
+        .telemetry
+        .record(crate::unix_now(), &out.candidate, &obs);
+    state.note_dropped(dropped);
+}
+
 /// Profiles the request into its model's current window. Bad input and
 /// unknown models are not profiled (their tensors may not fit the model).
 fn profile(
@@ -191,18 +223,29 @@ fn profile(
     elapsed: std::time::Duration,
     segment: Option<String>,
 ) {
-    let (model, outputs, latency) = match result {
+    let (model, outputs, latency, slot) = match result {
         Ok(out) => {
             let outs: Vec<_> = out.outputs.iter().map(|(_, t)| t.clone()).collect();
-            (out.model.clone(), Some(outs), out.latency)
+            let slot = if out.answered_by == AnsweredBy::Candidate {
+                Slot::Candidate
+            } else {
+                Slot::Active
+            };
+            (out.model.clone(), Some(outs), out.latency, slot)
         }
         Err(
             InferError::OutOfDistribution(_)
             | InferError::Engine(_)
             | InferError::Unavailable { .. },
-        ) => match state.host.slots_of(name) {
-            Some((m, _)) => (m, None, elapsed),
-            None => return,
+        ) => match state.host.candidate_of(name) {
+            // The canary was the one asked.
+            Some(c) if c.mode == crate::update::ProbationMode::Canary => {
+                (c.model, None, elapsed, Slot::Candidate)
+            }
+            _ => match state.host.slots_of(name) {
+                Some((m, _)) => (m, None, elapsed, Slot::Active),
+                None => return,
+            },
         },
         Err(_) => return,
     };
@@ -211,6 +254,7 @@ fn profile(
         outputs: outputs.as_deref(),
         latency,
         segment: segment.as_deref(),
+        slot,
     };
     let (dropped, profiled) = state.telemetry.record(crate::unix_now(), &model, &obs);
     state.note_dropped(dropped);
@@ -238,6 +282,7 @@ fn finish(
                 AnsweredBy::Active => "ok",
                 AnsweredBy::Previous => "fallback_previous",
                 AnsweredBy::Default => "fallback_default",
+                AnsweredBy::Candidate => "ok_canary",
             };
             state
                 .metrics
@@ -437,17 +482,23 @@ async fn feedback(State(state): State<Arc<AgentState>>, body: Bytes) -> Response
     drop(reqs);
     // Into the model's current window (accuracy and confusion per segment),
     // if that version still serves.
+    let candidate = state
+        .host
+        .candidate_of(&model)
+        .map(|c| (c.model, Slot::Candidate));
     let loaded = state
         .host
         .slots_of(&model)
         .into_iter()
         .flat_map(|(a, p)| std::iter::once(a).chain(p))
-        .find(|m| m.version == version);
-    if let Some(m) = loaded {
+        .map(|m| (m, Slot::Active))
+        .chain(candidate)
+        .find(|(m, _)| m.version == version);
+    if let Some((m, slot)) = loaded {
         let (dropped, _) =
             state
                 .telemetry
-                .feedback(crate::unix_now(), &m, &pairs, segment.as_deref());
+                .feedback(crate::unix_now(), &m, slot, &pairs, segment.as_deref());
         state.note_dropped(dropped);
     }
     for (flag, n) in [("true", correct), ("false", pred.len() - correct)] {

@@ -1,13 +1,14 @@
 //! The Outpost device agent (ARCHITECTURE §6): serves verified models to
-//! local apps over HTTP, reports to the fleet over MQTT, and (with the
-//! update half) installs signed models.
+//! local apps over HTTP, reports to the fleet over MQTT, and installs
+//! signed models.
 //!
-//! This build has the serving half: config, first-boot verification of
-//! the configured packages against the pinned trust root, the local API
-//! with circuit breaker and out-of-distribution fallback, Prometheus
-//! metrics, and MQTT birth / death / state / events with signed commands
-//! verified (rebirth acted on). Telemetry windows and the update machine
-//! come with their issues.
+//! - Serving: config, first-boot verification of the configured packages
+//!   against the pinned trust root, the local API with circuit breaker and
+//!   out-of-distribution fallback, Prometheus metrics, telemetry windows.
+//! - Fleet: MQTT birth / death / state / events / telemetry; commands go to
+//!   the update task ([`update_task`]), whose core ([`update`]) verifies
+//!   them, owns the trust state, and installs, probations, commits, rolls
+//!   back and retires models crash-safely.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -22,12 +23,15 @@ pub mod telemetry;
 pub mod update;
 pub mod update_fs;
 pub mod update_shell;
+pub mod update_task;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use outpost_protocol::messages::Command;
-use outpost_protocol::trust::{Decision, DeviceIdentity, TrustError, TrustState, Verifier};
+use std::collections::BTreeMap;
+
+use outpost_protocol::messages::ModelState;
+use outpost_protocol::trust::{DeviceIdentity, TrustState, Verifier};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -43,7 +47,12 @@ pub struct AgentState {
     pub requests: Mutex<requests::Requests>,
     pub metrics: metrics::Metrics,
     pub verifier: Verifier,
+    /// A mirror of the update core's trust state (the core owns it).
     pub trust: RwLock<TrustState>,
+    /// The update core's latest per-model slots and phase, for `…/state`.
+    pub update_view: Mutex<BTreeMap<String, ModelState>>,
+    /// The update core, until [`run`] hands it to the update task.
+    updater: Mutex<Option<update::Updater>>,
     pub store: Store,
     pub telemetry: telemetry::Telemetry,
     /// Windows dropped and not yet reported in an event.
@@ -87,6 +96,9 @@ pub enum StartError {
     /// The update folder (installed packages, pointer files) is unreadable.
     #[error("update files: {0}")]
     Files(std::io::Error),
+    /// The update record cannot be resumed.
+    #[error("update record: {0}")]
+    Update(#[from] update::UpdateError),
 }
 
 /// The model name in a package's manifest (before it is verified: only
@@ -193,6 +205,53 @@ impl AgentState {
             tracing::info!(model = %loaded.name, version = %loaded.version, "verified, installed and loaded");
             host.activate(loaded);
         }
+        // The update core: resumed from its record, or new. Pointers are
+        // read again (a first boot has just written some).
+        let slots = files.read_slots().map_err(StartError::Files)?;
+        let (now, unix) = (std::time::Instant::now(), unix_now());
+        let updater = match files.read_record().map_err(StartError::Files)? {
+            Some(mut record) => {
+                // Whichever trust state has seen more wins: the record's
+                // normally (the core persists it with every step).
+                if (trust.root.version, trust.last_sequence)
+                    > (record.trust.root.version, record.trust.last_sequence)
+                {
+                    record.trust = trust.clone();
+                }
+                update::Updater::restore(
+                    verifier.clone(),
+                    update::UpdateConfig::default(),
+                    record,
+                    slots.clone(),
+                    now,
+                    unix,
+                )?
+            }
+            None => update::Updater::new(
+                verifier.clone(),
+                update::UpdateConfig::default(),
+                trust.clone(),
+                slots.clone(),
+                now,
+                unix,
+            ),
+        };
+        // A crash between a pointer write and the deletes after it leaves
+        // unreferenced packages behind.
+        let keep: Vec<_> = updater
+            .state()
+            .job()
+            .map(|j| j.target.sha256)
+            .into_iter()
+            .collect();
+        match files.cleanup(&slots, &keep) {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(files = removed.len(), "unreferenced update files removed");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "update files cleanup failed"),
+        }
+        let trust = updater.trust().clone();
         let telemetry = telemetry::Telemetry::new(
             config.device_id.to_string(),
             config.telemetry.window_secs,
@@ -215,6 +274,8 @@ impl AgentState {
             metrics,
             verifier,
             trust: RwLock::new(trust),
+            update_view: Mutex::new(BTreeMap::new()),
+            updater: Mutex::new(Some(updater)),
             store,
             mqtt_connected: AtomicBool::new(false),
             session: AtomicU64::new(0),
@@ -249,28 +310,6 @@ impl AgentState {
             .read()
             .map(|t| (t.root.version, t.last_sequence))
             .unwrap_or((0, 0))
-    }
-
-    /// Verifies a command; on success persists the advanced trust state
-    /// before returning it (so a crash never forgets an accepted sequence).
-    pub fn decide(&self, cmd: &Command) -> Result<Decision, TrustError> {
-        let mut trust = match self.trust.write() {
-            Ok(t) => t,
-            Err(p) => p.into_inner(),
-        };
-        let d = self
-            .verifier
-            .decide(&trust, &cmd.directive, cmd.release.as_ref(), unix_now())?;
-        if let Err(e) = store::save_trust(&self.config.data_dir, &d.state) {
-            // Not persisted: do not act, so the sequence is not used twice.
-            tracing::error!(error = %e, "cannot persist the trust state");
-            return Err(TrustError::Replay {
-                sequence: d.directive.sequence,
-                last: trust.last_sequence,
-            });
-        }
-        *trust = d.state.clone();
-        Ok(d)
     }
 
     /// Counts windows the outbox dropped, for `/metrics` and the next event.
@@ -360,7 +399,28 @@ pub async fn run(
         axum::serve(listener, api::router(state.clone())).with_graceful_shutdown(async move {
             let _ = api_shutdown.wait_for(|s| *s).await;
         });
-    let mqtt = mqtt::run(state, shutdown);
+    // The update task owns the core from here on; it stops when the MQTT
+    // side drops its sender.
+    let (published_tx, published_rx) = tokio::sync::mpsc::unbounded_channel();
+    let updates = match state.updater.lock().ok().and_then(|mut u| u.take()) {
+        Some(core) => {
+            let config = update_task::UpdateTaskConfig {
+                report_every: std::time::Duration::from_secs(u64::from(
+                    state.config.telemetry.window_secs.max(1),
+                )),
+                ..update_task::UpdateTaskConfig::default()
+            };
+            match update_task::spawn(state.clone(), core, config, published_tx) {
+                Ok((u, _thread)) => Some(u),
+                Err(e) => {
+                    tracing::error!(error = %e, "update task did not start; updates are off");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let mqtt = mqtt::run(state, shutdown, updates, published_rx);
     let (api_result, mqtt_result) = tokio::join!(api, mqtt);
     if let Err(e) = api_result {
         tracing::error!(error = %e, "local API stopped");

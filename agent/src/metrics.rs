@@ -45,6 +45,8 @@ pub struct Metrics {
     pub windows_published: Counter,
     pub windows_dropped: Counter,
     pub unprofiled: Family<ModelLabels, Counter>,
+    pub shadow_runs: Counter,
+    pub update_persist_failures: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -72,6 +74,18 @@ impl Default for Metrics {
         let windows_published = Counter::default();
         let windows_dropped = Counter::default();
         let unprofiled = Family::<ModelLabels, Counter>::default();
+        let shadow_runs = Counter::default();
+        registry.register(
+            "shadow_runs",
+            "Candidate runs in shadow probation (after the active model answered)",
+            shadow_runs.clone(),
+        );
+        let update_persist_failures = Counter::default();
+        registry.register(
+            "update_persist_failures",
+            "Times the update record could not be written (the update waits and resumes from disk)",
+            update_persist_failures.clone(),
+        );
         registry.register(
             "telemetry_windows_sealed",
             "Telemetry windows sealed into the outbox",
@@ -141,6 +155,8 @@ impl Default for Metrics {
             windows_published,
             windows_dropped,
             unprofiled,
+            shadow_runs,
+            update_persist_failures,
         }
     }
 }

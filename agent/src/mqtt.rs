@@ -12,7 +12,6 @@ use outpost_protocol::messages::{
     ModelRef, ModelState, Phase, ReportedState, Slot,
 };
 use outpost_protocol::topic::{TopicKind, Topics};
-use outpost_protocol::trust::DirectiveAction;
 use rumqttc::{
     AsyncClient, Event as MqttEvent, EventLoop, LastWill, MqttOptions, Packet, QoS,
     TlsConfiguration, Transport,
@@ -161,17 +160,30 @@ impl AgentState {
         DeviceMessage::State(ReportedState {
             session,
             at: crate::unix_now(),
-            models: self
-                .model_refs()
-                .into_iter()
-                .map(|(a, p)| ModelState {
-                    name: a.name.clone(),
-                    active: Some(a),
-                    candidate: None,
-                    previous: p,
-                    phase: Phase::Serving,
-                })
-                .collect(),
+            models: {
+                let view = self
+                    .update_view
+                    .lock()
+                    .map(|v| v.clone())
+                    .unwrap_or_default();
+                self.model_refs()
+                    .into_iter()
+                    .map(|(a, p)| {
+                        // The update core's view says what is in flight.
+                        let (candidate, phase) = view
+                            .get(&a.name)
+                            .map(|s| (s.candidate.clone(), s.phase))
+                            .unwrap_or((None, Phase::Serving));
+                        ModelState {
+                            name: a.name.clone(),
+                            active: Some(a),
+                            candidate,
+                            previous: p,
+                            phase,
+                        }
+                    })
+                    .collect()
+            },
             health,
             root_version,
             last_directive,
@@ -256,6 +268,8 @@ impl Publisher {
 pub async fn run(
     state: Arc<AgentState>,
     mut shutdown: watch::Receiver<bool>,
+    updates: Option<crate::update_task::Updates>,
+    mut published: tokio::sync::mpsc::UnboundedReceiver<crate::update_shell::Published>,
 ) -> Result<(), MqttSetupError> {
     let cfg = &state.config.mqtt;
     let topics = Topics::with_prefix(cfg.prefix.clone());
@@ -313,6 +327,18 @@ pub async fn run(
                     out.drain(&state, &telemetry_topic);
                 }
             }
+            // Cancellation-safe: a message not taken stays in the channel.
+            Some(p) = published.recv() => {
+                for kind in p.events {
+                    publish_event(&state, &mut out, &topic, kind);
+                }
+                if p.rebirth {
+                    publish_birth_and_state(&state, &mut out, &topic, session);
+                } else if !p.states.is_empty() || !p.retired.is_empty() {
+                    let st = state.encode(&state.reported_state(session));
+                    out.publish(topic(TopicKind::State), st, true, None);
+                }
+            }
             // Cancellation-safe: a notification not consumed here stays
             // stored as the Notify's permit.
             _ = state.telemetry.sealed.notified() => {
@@ -331,6 +357,9 @@ pub async fn run(
                     state.metrics.mqtt_connected.set(1);
                     tracing::info!(session, host = %cfg.host, port = cfg.port, "connected to the broker");
                     let _ = client.try_subscribe(topic(TopicKind::Commands), QoS::AtLeastOnce);
+                    if let Some(u) = &updates {
+                        u.send(crate::update_task::Input::Contact);
+                    }
                     publish_birth_and_state(&state, &mut out, &topic, session);
                     report_drops(&state, &mut out, &topic);
                     out.drain(&state, &telemetry_topic);
@@ -349,7 +378,7 @@ pub async fn run(
                     }
                 }
                 Ok(MqttEvent::Incoming(Packet::Publish(p))) if p.topic == topic(TopicKind::Commands) => {
-                    handle_command(&state, &mut out, &topic, session, &p.payload);
+                    handle_command(&state, &mut out, &topic, updates.as_ref(), &p.payload);
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -438,13 +467,15 @@ fn refused(
     publish_event(state, out, topic, kind);
 }
 
-/// Verifies a command and acts on what the serving half handles (rebirth).
-/// Deploy, shadow, rollback and retire belong to the update half.
+/// Hands a command to the update task, which verifies it (the core owns
+/// the trust state) and acts on it; what it does comes back as
+/// [`Published`](crate::update_shell::Published). Undecodable payloads are
+/// reported here.
 fn handle_command(
     state: &AgentState,
     out: &mut Publisher,
     topic: &impl Fn(TopicKind) -> String,
-    session: u64,
+    updates: Option<&crate::update_task::Updates>,
     payload: &[u8],
 ) {
     let cmd = match DeviceMessage::decode(TopicKind::Commands, payload) {
@@ -452,23 +483,19 @@ fn handle_command(
         Ok(_) => return,
         Err(e) => return refused(state, out, topic, None, "decode", e.to_string()),
     };
-    match state.decide(&cmd) {
-        Err(e) => {
-            tracing::warn!(check = e.check(), error = %e, "command refused");
-            let seq = cmd.directive.decode_unverified().ok().map(|d| d.sequence);
-            refused(state, out, topic, seq, e.check(), e.to_string());
-        }
-        Ok(d) => match d.directive.action {
-            DirectiveAction::Rebirth => publish_birth_and_state(state, out, topic, session),
-            other => {
-                tracing::warn!(action = ?other, sequence = d.directive.sequence,
-                    "verified directive needs the update machine, which this build lacks");
-            }
-        },
+    let sent = updates.is_some_and(|u| u.send(crate::update_task::Input::Command(Box::new(cmd))));
+    if !sent {
+        refused(
+            state,
+            out,
+            topic,
+            None,
+            "unavailable",
+            "the update task is not running on this device".into(),
+        );
     }
 }
 
-/// 0.5 s · 2^n, capped at 30 s, times a jitter factor in [0.5, 1).
 fn backoff(failures: u32, rng: &mut u64) -> Duration {
     let base = 0.5 * 2f64.powi(failures.min(6) as i32);
     let capped = base.min(30.0);

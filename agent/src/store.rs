@@ -181,6 +181,25 @@ impl Outbox {
             .collect()
     }
 
+    /// Deletes every stored window of `model` (a retired model's local
+    /// logs); returns how many.
+    pub fn remove_model(&self, model: &str) -> usize {
+        let mut prefix = model.as_bytes().to_vec();
+        prefix.push(0);
+        let keys: Vec<_> = self
+            .tree
+            .iter()
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.get(8..).is_some_and(|rest| rest.starts_with(&prefix)))
+            .collect();
+        for k in &keys {
+            let _ = self.tree.remove(k);
+        }
+        let _ = self.tree.flush();
+        keys.len()
+    }
+
     /// Forgets an acknowledged window.
     pub fn remove(&self, key: &[u8]) {
         let _ = self.tree.remove(key);

@@ -41,6 +41,7 @@ pub struct Telemetry {
 struct Open {
     recorder: Recorder,
     model: ModelRef,
+    slot: Slot,
 }
 
 /// What one request looked like, for the profile.
@@ -51,6 +52,9 @@ pub struct Observation<'a> {
     pub outputs: Option<&'a [Tensor]>,
     pub latency: Duration,
     pub segment: Option<&'a str>,
+    /// Which slot answered: `Candidate` for a canary or a shadow run (its
+    /// windows are tagged so the fleet compares them with the active's).
+    pub slot: Slot,
 }
 
 impl Telemetry {
@@ -91,7 +95,7 @@ impl Telemetry {
     /// previous window first if `now` is past it). Returns what the outbox
     /// dropped to make room, and whether the request could be profiled.
     pub fn record(&self, now: u64, model: &LoadedModel, obs: &Observation<'_>) -> (Dropped, bool) {
-        self.with_recorder(now, model, |recorder, reference| {
+        self.with_recorder(now, model, obs.slot, |recorder, reference| {
             profile_rows(recorder, reference, obs)
         })
     }
@@ -103,10 +107,11 @@ impl Telemetry {
         &self,
         now: u64,
         model: &LoadedModel,
+        slot: Slot,
         pairs: &[(usize, usize)],
         segment: Option<&str>,
     ) -> (Dropped, bool) {
-        self.with_recorder(now, model, |recorder, _| {
+        self.with_recorder(now, model, slot, |recorder, _| {
             pairs.iter().all(|&(predicted, actual)| {
                 recorder
                     .feedback(&Feedback {
@@ -125,6 +130,7 @@ impl Telemetry {
         &self,
         now: u64,
         model: &LoadedModel,
+        slot: Slot,
         f: impl FnOnce(&mut Recorder, &ReferenceProfile) -> bool,
     ) -> (Dropped, bool) {
         let Some(reference) = model.reference.clone() else {
@@ -163,6 +169,7 @@ impl Telemetry {
                         version: model.version.clone(),
                         sha256: model.sha256,
                     },
+                    slot,
                 },
             );
         }
@@ -171,6 +178,15 @@ impl Telemetry {
         };
         let ok = f(&mut o.recorder, &reference);
         (dropped, ok)
+    }
+
+    /// Deletes `model`'s open windows and its stored, unsent ones (the
+    /// model was retired); returns how many stored windows went.
+    pub fn forget_model(&self, model: &str) -> usize {
+        if let Ok(mut open) = self.open.lock() {
+            open.retain(|(name, _), _| name != model);
+        }
+        self.outbox.remove_model(model)
     }
 
     /// Seals every window that ended at or before `now`.
@@ -202,7 +218,7 @@ impl Telemetry {
         let key = Outbox::key(window.key.start, &window.key.model, &window.key.version);
         let msg = DeviceMessage::Telemetry(TelemetryWindow {
             model: o.model,
-            slot: Slot::Active,
+            slot: o.slot,
             window_start: window.key.start,
             window_secs: window.key.length,
             profile: window.to_bytes(),

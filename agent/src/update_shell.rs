@@ -6,11 +6,12 @@
 //! meant for the fleet (events, state, rebirth) is returned for the MQTT
 //! side to publish.
 //!
-//! This increment performs deploys without probation, rollbacks to the
-//! previous model, retires and discards. Shadow and canary probation need
-//! candidate slots in the model host: until then `StartProbation` is
-//! answered with a health failure, so the core discards the candidate and
-//! reports why — the device never runs a probation it cannot honour.
+//! Probation puts the self-tested candidate in the model host's candidate
+//! slot (shadow: run after the active model answers, within the CPU
+//! budget; canary: it answers); a commit promotes that same loaded model,
+//! a discard stops it. The device's own health checks during probation
+//! (candidate error rate, crash loop) are the update task's
+//! ([`crate::update_task`]).
 
 use std::collections::VecDeque;
 use std::io::Cursor;
@@ -23,9 +24,11 @@ use outpost_runtime::{Package, PackageLimits, Tensor};
 
 use crate::config::Fallback;
 use crate::download::{DownloadError, download};
+use crate::serve::probation::{Candidate, ProbationStats};
 use crate::serve::{LoadContext, LoadedModel, ModelHost};
 use crate::update::{
-    Action, DiskFailure, DownloadFailure, HealthFailure, SelfTestOutcome, UpdateError, Updater,
+    Action, DiskFailure, DownloadFailure, HealthFailure, SelfTestOutcome, SlotPointer, UpdateError,
+    Updater,
 };
 use crate::update_fs::UpdateFiles;
 
@@ -34,11 +37,15 @@ pub const GOLDEN_INPUTS: &str = "golden/inputs.npz";
 pub const GOLDEN_OUTPUTS: &str = "golden/outputs.npz";
 
 /// What the MQTT side publishes after a drive.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Published {
     pub events: Vec<EventKind>,
     pub states: Vec<ModelState>,
     pub rebirth: bool,
+    /// Models retired: their local telemetry is deleted by the caller.
+    pub retired: Vec<String>,
+    /// Probations started (a restart during one asks again).
+    pub probations: Vec<ModelRef>,
 }
 
 /// Everything performing actions needs.
@@ -50,6 +57,8 @@ pub struct Shell<'a> {
     pub load: LoadContext<'a>,
     /// The fallback of newly deployed models.
     pub fallback: Fallback,
+    /// Share of one CPU a shadow candidate may use.
+    pub shadow_budget_percent: u8,
 }
 
 /// Why driving stopped before the core was idle: the record could not be
@@ -122,38 +131,51 @@ pub fn drive(core: &mut Updater, shell: &Shell<'_>) -> Result<Published, Persist
                 let outcome = self_test(shell, &candidate);
                 core.handle_self_test(now, job, outcome)
             }
-            Action::StartProbation { .. } => core.handle_health_failure(
-                now,
-                HealthFailure::SelfTest {
-                    detail: "shadow and canary probation are not supported by this agent build"
-                        .into(),
-                },
-            ),
+            Action::StartProbation {
+                candidate, mode, ..
+            } => match start_probation(core, shell, &candidate, mode) {
+                Ok(()) => {
+                    out.probations.push(candidate);
+                    Ok(())
+                }
+                Err(detail) => core.handle_health_failure(now, HealthFailure::SelfTest { detail }),
+            },
             Action::Commit {
                 name,
                 pointer,
                 drop,
                 ..
             } => {
-                let target = target_of(core, &pointer.active);
-                let result = target
-                    .ok_or_else(|| "the committed target is not known".to_owned())
-                    .and_then(|t| {
-                        let path = shell.files.package_path(&t.sha256);
-                        LoadedModel::load_target(&path, &t, &shell.load, shell.fallback.clone())
-                            .map_err(|e| e.to_string())
-                    })
-                    .and_then(|loaded| {
-                        // Loaded first, then the pointer: a candidate that
-                        // cannot load is never made active on disk.
-                        shell
-                            .files
-                            .write_pointer(&name, &pointer)
-                            .map_err(|e| e.to_string())?;
-                        let previous = shell.host.slots_of(&name).map(|(a, _)| a);
-                        shell.host.set(Arc::new(loaded), previous);
-                        Ok(())
-                    });
+                // The candidate that ran its probation is promoted as
+                // loaded; otherwise (no probation, or after a restart) it
+                // is loaded from its staged package first.
+                let on_probation = shell
+                    .host
+                    .candidate_of(&name)
+                    .map(|c| c.model)
+                    .filter(|m| m.sha256 == pointer.active.sha256);
+                let loaded = match on_probation {
+                    Some(m) => Ok(m),
+                    None => target_of(core, &pointer.active)
+                        .ok_or_else(|| "the committed target is not known".to_owned())
+                        .and_then(|t| {
+                            let path = shell.files.package_path(&t.sha256);
+                            LoadedModel::load_target(&path, &t, &shell.load, shell.fallback.clone())
+                                .map(Arc::new)
+                                .map_err(|e| e.to_string())
+                        }),
+                };
+                let result = loaded.and_then(|loaded| {
+                    // Loaded first, then the pointer: a candidate that
+                    // cannot load is never made active on disk.
+                    shell
+                        .files
+                        .write_pointer(&name, &pointer)
+                        .map_err(|e| e.to_string())?;
+                    let previous = shell.host.slots_of(&name).map(|(a, _)| a);
+                    shell.host.set(loaded, previous);
+                    Ok(())
+                });
                 match result {
                     Ok(()) => {
                         if let Some(d) = drop {
@@ -165,7 +187,18 @@ pub fn drive(core: &mut Updater, shell: &Shell<'_>) -> Result<Published, Persist
                 }
             }
             Action::Discard { candidate, .. } => {
-                let _ = shell.files.delete(&candidate);
+                if shell
+                    .host
+                    .candidate_of(&candidate.name)
+                    .is_some_and(|c| c.model.sha256 == candidate.sha256)
+                {
+                    shell.host.clear_candidate(&candidate.name);
+                }
+                // A candidate may be a model a pointer still names (a
+                // canary of the previous version): its package stays.
+                if !in_use(core, &candidate, None) {
+                    let _ = shell.files.delete(&candidate);
+                }
                 Ok(())
             }
             Action::RollBack {
@@ -175,18 +208,33 @@ pub fn drive(core: &mut Updater, shell: &Shell<'_>) -> Result<Published, Persist
             } => match shell.files.write_pointer(&name, &pointer) {
                 Ok(()) => {
                     restore_in_host(shell, &pointer.active);
-                    let _ = shell.files.delete(&from);
+                    if !in_use(core, &from, Some(&pointer)) {
+                        let _ = shell.files.delete(&from);
+                    }
                     core.handle_slots_written(now, &name)
                 }
                 Err(e) => core.handle_slots_write_failed(now, &name, e.to_string()),
             },
-            Action::Retire { name } => match shell.files.remove_pointer(&name) {
-                Ok(()) => {
-                    shell.host.remove(&name);
-                    core.handle_slots_written(now, &name)
+            Action::Retire { name } => {
+                let installed = core.slots().get(&name).cloned();
+                match shell.files.remove_pointer(&name) {
+                    Ok(()) => {
+                        shell.host.remove(&name);
+                        // The pointer is gone (the commit point): its
+                        // packages are unreferenced; a crash before these
+                        // deletes leaves them to the start-up cleanup.
+                        for m in installed
+                            .iter()
+                            .flat_map(|p| std::iter::once(&p.active).chain(&p.previous))
+                        {
+                            let _ = shell.files.delete(m);
+                        }
+                        out.retired.push(name.clone());
+                        core.handle_slots_written(now, &name)
+                    }
+                    Err(e) => core.handle_slots_write_failed(now, &name, e.to_string()),
                 }
-                Err(e) => core.handle_slots_write_failed(now, &name, e.to_string()),
-            },
+            }
             Action::Rebirth => {
                 out.rebirth = true;
                 Ok(())
@@ -200,6 +248,61 @@ pub fn drive(core: &mut Updater, shell: &Shell<'_>) -> Result<Published, Persist
                 Ok(())
             }
         };
+    }
+}
+
+/// Whether a pointer (the core's, or `new` about to replace its model's)
+/// still names `m`: its package must stay. Found by the SIGKILL test: a
+/// canary of the previous version, discarded, took the previous model's
+/// package with it.
+fn in_use(core: &Updater, m: &ModelRef, new: Option<&SlotPointer>) -> bool {
+    let names = |p: &SlotPointer| {
+        p.active.sha256 == m.sha256 || p.previous.as_ref().is_some_and(|q| q.sha256 == m.sha256)
+    };
+    new.is_some_and(names)
+        || core
+            .slots()
+            .iter()
+            .filter(|(name, _)| new.is_none_or(|n| n.active.name != **name))
+            .any(|(_, p)| names(p))
+}
+
+/// Loads the self-tested candidate again (digest, length and constraints
+/// checked again) and puts it in the host's candidate slot.
+fn start_probation(
+    core: &Updater,
+    shell: &Shell<'_>,
+    candidate: &ModelRef,
+    mode: crate::update::ProbationMode,
+) -> Result<(), String> {
+    // Already running (a new probation plan for the same candidate): only
+    // the mode changes, the counters go on.
+    if let Some(c) = shell.host.candidate_of(&candidate.name)
+        && c.model.sha256 == candidate.sha256
+    {
+        shell.host.set_candidate(Candidate { mode, ..c });
+        return Ok(());
+    }
+    let target = target_of(core, candidate)
+        .ok_or_else(|| "the candidate on probation is not known".to_owned())?;
+    let path = shell.files.package_path(&target.sha256);
+    let loaded = LoadedModel::load_target(&path, &target, &shell.load, shell.fallback.clone())
+        .map_err(|e| format!("the candidate does not load: {e}"))?;
+    let c = Candidate {
+        model: Arc::new(loaded),
+        mode,
+        stats: Arc::new(ProbationStats::new(
+            shell.shadow_budget_percent,
+            Instant::now(),
+        )),
+    };
+    if shell.host.set_candidate(c) {
+        Ok(())
+    } else {
+        Err(format!(
+            "no active {} to run the candidate beside",
+            candidate.name
+        ))
     }
 }
 

@@ -122,6 +122,22 @@ pub enum EventKind {
     /// The telemetry outbox was full: the oldest unsent windows were
     /// dropped to make room (counted since the agent started).
     TelemetryDropped { windows: u64, bytes: u64 },
+    /// A candidate in shadow probation beside `active`: counts since the
+    /// probation started on this device (cumulative, so a redelivered or
+    /// lost report changes nothing: the latest one holds). `rows` compared,
+    /// `agreed` with the same arg-max class; score delta = per row, the
+    /// mean absolute difference of the two first outputs, in millionths.
+    ShadowReport {
+        candidate: ModelRef,
+        active: ModelRef,
+        requests: u64,
+        errors: u64,
+        skipped_over_budget: u64,
+        rows: u64,
+        agreed: u64,
+        delta_mean_micros: u64,
+        delta_max_micros: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! with bounded retries, and the out-of-distribution fallback.
 
 pub mod breaker;
+pub mod probation;
 pub mod tensor;
 
 use std::collections::BTreeMap;
@@ -275,6 +276,8 @@ pub enum AnsweredBy {
     Previous,
     /// The configured default value, as the OOD fallback.
     Default,
+    /// The candidate on canary probation.
+    Candidate,
 }
 
 #[derive(Debug)]
@@ -283,9 +286,12 @@ pub struct InferOutcome {
     pub outputs: Vec<(String, Tensor)>,
     pub answered_by: AnsweredBy,
     pub latency: Duration,
+    /// A shadow run of the candidate on the same inputs, for the caller to
+    /// perform after answering (the budget admitted it).
+    pub shadow: Option<probation::ShadowJob>,
 }
 
-/// The active and previous model of each name.
+/// The active, previous and candidate model of each name.
 #[derive(Debug, Default)]
 pub struct ModelHost {
     slots: RwLock<BTreeMap<String, Slots>>,
@@ -295,6 +301,7 @@ pub struct ModelHost {
 struct Slots {
     active: Arc<LoadedModel>,
     previous: Option<Arc<LoadedModel>>,
+    candidate: Option<probation::Candidate>,
 }
 
 impl ModelHost {
@@ -309,6 +316,7 @@ impl ModelHost {
                 Slots {
                     active: model,
                     previous,
+                    candidate: None,
                 },
             );
         }
@@ -318,11 +326,48 @@ impl ModelHost {
         self.slots.read().map(|s| s.is_empty()).unwrap_or(true)
     }
 
-    /// Sets both slots of `active.name` (a rollback swaps them back).
+    /// Sets the active and previous slots of `active.name` (a rollback
+    /// swaps them back); any candidate of that name stops running.
     pub fn set(&self, active: Arc<LoadedModel>, previous: Option<Arc<LoadedModel>>) {
         if let Ok(mut slots) = self.slots.write() {
-            slots.insert(active.name.clone(), Slots { active, previous });
+            slots.insert(
+                active.name.clone(),
+                Slots {
+                    active,
+                    previous,
+                    candidate: None,
+                },
+            );
         }
+    }
+
+    /// Puts `candidate` on probation beside the active model of its name.
+    /// `false` when no model of that name is served (nothing to compare
+    /// with, nothing to fall back to).
+    pub fn set_candidate(&self, candidate: probation::Candidate) -> bool {
+        self.slots
+            .write()
+            .is_ok_and(|mut slots| match slots.get_mut(&candidate.model.name) {
+                Some(s) => {
+                    s.candidate = Some(candidate);
+                    true
+                }
+                None => false,
+            })
+    }
+
+    /// Stops running `name`'s candidate; returns it.
+    pub fn clear_candidate(&self, name: &str) -> Option<probation::Candidate> {
+        self.slots
+            .write()
+            .ok()?
+            .get_mut(name)
+            .and_then(|s| s.candidate.take())
+    }
+
+    /// `name`'s candidate on probation, if any.
+    pub fn candidate_of(&self, name: &str) -> Option<probation::Candidate> {
+        self.get(name)?.candidate
     }
 
     /// Stops serving `name` (retire). Whether it was served.
@@ -355,7 +400,10 @@ impl ModelHost {
     }
 
     /// Runs `name` on named inputs (`None` = the model's only input).
-    /// Blocking: call from a blocking thread.
+    /// The active model answers, or the candidate on canary probation;
+    /// with a candidate on shadow probation the outcome carries the shadow
+    /// run to perform after answering. Blocking: call from a blocking
+    /// thread.
     pub fn infer(
         &self,
         name: &str,
@@ -365,23 +413,71 @@ impl ModelHost {
             .get(name)
             .ok_or_else(|| InferError::UnknownModel(name.to_owned()))?;
         let started = Instant::now();
-        let active = slots.active.clone();
-        let named = name_inputs(&active.model, inputs)?;
+        let canary = slots
+            .candidate
+            .as_ref()
+            .filter(|c| c.mode == crate::update::ProbationMode::Canary);
+        // Who answers, and who is the fallback's "previous" model.
+        let (serving, previous, answered_by) = match canary {
+            Some(c) => (
+                c.model.clone(),
+                Some(slots.active.clone()),
+                AnsweredBy::Candidate,
+            ),
+            None => (
+                slots.active.clone(),
+                slots.previous.clone(),
+                AnsweredBy::Active,
+            ),
+        };
+        let named = name_inputs(&serving.model, inputs)?;
         let rows = named
             .first()
             .and_then(|(_, t)| t.shape().first().copied())
             .unwrap_or(1);
-        match run_guarded(&active, named.clone()) {
-            Ok(outputs) => Ok(InferOutcome {
-                model: active,
-                outputs,
-                answered_by: AnsweredBy::Active,
-                latency: started.elapsed(),
-            }),
-            Err(RunError::Ood(reason)) => match &active.fallback {
+        let shadow = slots
+            .candidate
+            .as_ref()
+            .filter(|c| c.mode == crate::update::ProbationMode::Shadow);
+        let shadow_inputs = shadow.map(|_| named.clone());
+        let result = run_guarded(&serving, named.clone());
+        if let Some(c) = canary {
+            c.stats
+                .requests
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if matches!(
+                result,
+                Err(RunError::Engine(_) | RunError::Unavailable { .. })
+            ) {
+                c.stats
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        match result {
+            Ok(outputs) => {
+                let shadow = shadow.zip(shadow_inputs).and_then(|(c, inputs)| {
+                    c.stats
+                        .admit_shadow(Instant::now())
+                        .then(|| probation::ShadowJob {
+                            candidate: c.model.clone(),
+                            stats: c.stats.clone(),
+                            inputs,
+                            active_output: outputs.first().map(|(_, t)| t.clone()),
+                        })
+                });
+                Ok(InferOutcome {
+                    model: serving,
+                    outputs,
+                    answered_by,
+                    latency: started.elapsed(),
+                    shadow,
+                })
+            }
+            Err(RunError::Ood(reason)) => match &serving.fallback {
                 Fallback::Reject => Err(InferError::OutOfDistribution(reason)),
                 Fallback::Default(values) => {
-                    let out_name = active
+                    let out_name = serving
                         .model
                         .info()
                         .outputs
@@ -392,14 +488,15 @@ impl ModelHost {
                     let t = Tensor::from_shape(&[rows, values.len()], &data)
                         .map_err(|e| InferError::Engine(e.to_string()))?;
                     Ok(InferOutcome {
-                        model: active,
+                        model: serving,
                         outputs: vec![(out_name, t)],
                         answered_by: AnsweredBy::Default,
                         latency: started.elapsed(),
+                        shadow: None,
                     })
                 }
                 Fallback::Previous => {
-                    let prev = slots.previous.clone().ok_or_else(|| {
+                    let prev = previous.ok_or_else(|| {
                         InferError::OutOfDistribution(format!(
                             "{reason} (fallback: previous, but no previous model is loaded)"
                         ))
@@ -410,6 +507,7 @@ impl ModelHost {
                         outputs,
                         answered_by: AnsweredBy::Previous,
                         latency: started.elapsed(),
+                        shadow: None,
                     })
                 }
             },

@@ -4,6 +4,7 @@
 mod api;
 mod common;
 mod config;
+mod crash;
 mod download;
 mod mqtt;
 mod start;

@@ -106,6 +106,7 @@ impl Device {
                 breaker: &self.breaker,
             },
             fallback: Fallback::Reject,
+            shadow_budget_percent: 100,
         };
         drive(&mut self.core, &shell).unwrap().events
     }
@@ -243,15 +244,130 @@ fn a_tampered_package_is_never_served() {
     assert!(!d.files.download_path(&t2.sha256).exists());
 }
 
+fn digits_input(n: usize) -> outpost_runtime::Tensor {
+    let (rows, _) = digits(n);
+    outpost_runtime::Tensor::from_shape(&[n, 64], &rows.concat()).unwrap()
+}
+
 #[test]
-fn a_probation_this_build_cannot_run_discards_the_candidate_and_says_why() {
+fn a_canary_answers_until_the_verdict_commits_it_without_a_reload() {
     let w = World::new();
     let mut d = device(&w);
     let (t2, events) = deploy_v2(&w, &mut d, Probation::Canary, false);
     assert!(
-        events.iter().any(|e| matches!(e, EventKind::RolledBack { reason, .. } if reason.contains("not supported"))),
+        events.iter().any(|e| matches!(
+            e,
+            EventKind::Install {
+                step: InstallStep::Canary,
+                ..
+            }
+        )),
         "{events:?}"
     );
+    // On probation: the pointer still names 1.0.0; the canary answers.
+    assert_eq!(
+        d.files.read_slots().unwrap()["digits"].active.version,
+        "1.0.0"
+    );
+    let canary = d.host.candidate_of("digits").unwrap();
+    let out = d
+        .host
+        .infer("digits", vec![(None, digits_input(3))])
+        .unwrap();
+    assert_eq!(out.answered_by, outpost_agent::serve::AnsweredBy::Candidate);
+    assert_eq!(out.model.version, "2.0.0");
+    assert!(out.shadow.is_none());
+    assert_eq!(canary.stats.snapshot().requests, 1);
+
+    // The server's verdict: Deploy{2.0.0, None} commits the same loaded model.
+    let commit = DirectiveAction::Deploy {
+        target: t2.reference(),
+        probation: Probation::None,
+    };
+    let events = d.run(&command(&w, 2, commit, std::slice::from_ref(&t2), None));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            EventKind::Install {
+                step: InstallStep::Committed,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let (active, previous) = d.host.slots_of("digits").unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&active, &canary.model),
+        "promoted as loaded"
+    );
+    assert_eq!(previous.unwrap().version, "1.0.0");
+    assert!(d.host.candidate_of("digits").is_none());
+    assert_eq!(
+        d.files.read_slots().unwrap()["digits"].active.version,
+        "2.0.0"
+    );
+}
+
+#[test]
+fn a_shadow_runs_after_the_active_answers_and_a_rollback_verdict_discards_it() {
+    let w = World::new();
+    let mut d = device(&w);
+    let v2 = package_bytes("digits", "2.0.0");
+    let t2 = w.target("digits", "2.0.0", &v2);
+    let server = serve(v2);
+    let shadow_action = DirectiveAction::Shadow {
+        target: t2.reference(),
+    };
+    let url = Some(format!("{}/ok", server.base));
+    let events = d.run(&command(
+        &w,
+        1,
+        shadow_action,
+        std::slice::from_ref(&t2),
+        url,
+    ));
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            EventKind::Install {
+                step: InstallStep::Shadow,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    let shadow = d.host.candidate_of("digits").unwrap();
+    assert_eq!(shadow.mode, outpost_agent::update::ProbationMode::Shadow);
+    // Callers see the active model; the shadow run is handed back to run
+    // after answering, and compares the two on the same rows.
+    let mut out = d
+        .host
+        .infer("digits", vec![(None, digits_input(5))])
+        .unwrap();
+    assert_eq!(out.answered_by, outpost_agent::serve::AnsweredBy::Active);
+    assert_eq!(out.model.version, "1.0.0");
+    let ran = out.shadow.take().unwrap().run();
+    assert_eq!(ran.candidate.version, "2.0.0");
+    assert!(ran.outputs.is_some());
+    let s = shadow.stats.snapshot();
+    assert_eq!((s.requests, s.errors, s.rows), (1, 0, 5));
+    // Same weights, other version: every row agrees, no score delta.
+    assert_eq!(s.agreed, 5);
+    assert_eq!(s.delta_max_micros, 0);
+
+    // The verdict: back to 1.0.0 (a rollback to the active model).
+    let t1 = w.target("digits", "1.0.0", &w.package);
+    let back = DirectiveAction::Rollback {
+        target: t1.reference(),
+    };
+    let events = d.run(&command(&w, 2, back, &[t1], None));
+    assert!(
+        events.iter().any(
+            |e| matches!(e, EventKind::RolledBack { reason, .. } if reason.starts_with("verdict"))
+        ),
+        "{events:?}"
+    );
+    assert!(d.host.candidate_of("digits").is_none());
     assert_eq!(d.serving(), ("1.0.0".into(), None));
     assert!(!d.files.package_path(&t2.sha256).exists());
 }

@@ -226,6 +226,21 @@ fn golden_events() {
                 bytes: 12_345,
             },
         },
+        Event {
+            seq: 6,
+            at: 1_800_000_006,
+            kind: EventKind::ShadowReport {
+                candidate: model("2.0.0"),
+                active: model("1.0.0"),
+                requests: 900,
+                errors: 1,
+                skipped_over_budget: 100,
+                rows: 900,
+                agreed: 873,
+                delta_mean_micros: 12_500,
+                delta_max_micros: 480_000,
+            },
+        },
     ];
     for (i, e) in events.iter().enumerate() {
         golden(&format!("event-{i}"), e);
