@@ -1,5 +1,6 @@
 //! Outpost's inference runtime: load fp32 and int8 ONNX models (or `.opk`
-//! packages), optimize once, run many times on the CPU through tract.
+//! packages), optimize once, run many times on the CPU through tract, or on
+//! a GPU through wgpu where the device has one and the model gains from it.
 //!
 //! ```no_run
 //! use outpost_runtime::{LoadOptions, Model, Tensor};
@@ -27,6 +28,11 @@
 #![forbid(unsafe_code)]
 
 mod engine;
+/// The GPU engine's capability probe (the engine itself is chosen through
+/// [`LoadOptions::engine`]).
+pub mod gpu {
+    pub use crate::engine::gpu::{GpuProbe, probe};
+}
 mod error;
 pub mod manifest;
 mod model;
@@ -38,7 +44,7 @@ mod schema;
 mod strategy;
 mod target;
 
-pub use engine::EngineKind;
+pub use engine::{EngineDecision, EngineKind};
 pub use error::{Error, InputError, PackageError, Result, UnsupportedReason};
 pub use manifest::Manifest;
 pub use model::{GraphSource, LoadOptions, Model, ModelInfo, Rewrites, Session};

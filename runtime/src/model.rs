@@ -9,7 +9,8 @@ use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
 use crate::engine::cpu::{CpuEngine, guarded};
-use crate::engine::{Engine, EngineKind, EngineState};
+use crate::engine::gpu::{self, GpuEngine, Refusal};
+use crate::engine::{Engine, EngineDecision, EngineKind, EngineState};
 use crate::error::{Error, Result, UnsupportedReason};
 use crate::onnx::{self, guard, rewrite};
 use crate::package::{Package, PackageLimits};
@@ -20,7 +21,10 @@ use crate::target::TargetProfile;
 /// How to load a model.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
-    /// Engine to run on; `None` takes the target profile's preference, or CPU.
+    /// Engine to run on; `None` takes the target profile's preference, or
+    /// CPU. A target that prefers the GPU gets [`EngineKind::Auto`]: the
+    /// GPU when it can run the model and is faster, else the CPU, with the
+    /// reason in [`ModelInfo::engine_decision`].
     pub engine: Option<EngineKind>,
     /// CPU threads; `None` takes the target profile's count, or 1.
     pub threads: Option<usize>,
@@ -91,6 +95,8 @@ pub struct ModelInfo {
     pub strategy: StrategyDecision,
     pub rewrites: Rewrites,
     pub engine: EngineKind,
+    /// Why this engine: requested, the GPU's refusal, or the measurement.
+    pub engine_decision: EngineDecision,
     pub threads: usize,
     pub source: GraphSource,
     /// Why a present pre-optimized form was not used.
@@ -202,7 +208,6 @@ impl Model {
         let mut proto = onnx::decode(bytes, origin)?;
         onnx::normalize_inputs(&mut proto, &opts.input_shapes);
         guard::check(&proto, origin)?;
-        check_engine(opts)?;
         Self::from_proto(proto, bytes.len() as u64, name, origin, opts, started)
     }
 
@@ -217,12 +222,17 @@ impl Model {
         let mut proto = onnx::decode(onnx_bytes, origin)?;
         onnx::normalize_inputs(&mut proto, &opts.input_shapes);
         // Checked before either form is used: a package whose model is
-        // refused is refused whatever pre-optimized form it carries, and an
-        // explicit GPU request is never served by the CPU.
+        // refused is refused whatever pre-optimized form it carries.
         guard::check(&proto, origin)?;
-        check_engine(opts)?;
         let mut skipped = None;
-        let mut model = match (opts.use_preoptimized, pkg.preoptimized()) {
+        // The GPU engine lowers the ONNX model; the pre-optimized form is
+        // tract's. An explicit GPU request goes through the ONNX member and
+        // is refused there when the GPU cannot run it, never served by the CPU.
+        let gpu_requested = wanted_engine(opts) == EngineKind::Gpu;
+        if gpu_requested && pkg.preoptimized().is_some() {
+            skipped = Some("the GPU engine was requested; it lowers the ONNX model".into());
+        }
+        let mut model = match (opts.use_preoptimized && !gpu_requested, pkg.preoptimized()) {
             (true, Some(nnef_bytes)) => {
                 match m.runtime.as_ref().map(|r| r.tract_version.as_str()) {
                     Some(crate::nnef::TRACT_VERSION) => {
@@ -383,11 +393,9 @@ impl Model {
         let inputs = specs(&prepared.typed, true)?;
         let outputs = specs(&prepared.typed, false)?;
         let threads = opts.threads();
-        let engine = match prepared.engine {
-            Some(engine) => engine,
-            None => CpuEngine::new(prepared.typed, threads)?,
-        };
-        let plan_nodes = engine.plan_nodes();
+        let rewrites = prepared.rewrites.clone();
+        let (engine, plan_nodes, engine_decision) =
+            choose_engine(proto, prepared, opts, threads, strategy.strategy)?;
         let kind = engine.kind();
         let info = ModelInfo {
             name: name.to_owned(),
@@ -401,17 +409,23 @@ impl Model {
             size_bytes: size,
             quantization: form,
             strategy,
-            rewrites: prepared.rewrites.into(),
+            rewrites: rewrites.into(),
             engine: kind,
+            engine_decision,
             threads,
             source,
             preoptimized_skipped: None,
             load_time: started.elapsed(),
         };
         Ok(Model {
-            engine: Arc::new(engine),
+            engine,
             info: Arc::new(info),
         })
+    }
+
+    /// Which engine runs this model and why (see [`EngineDecision`]).
+    pub fn engine_decision(&self) -> &EngineDecision {
+        &self.info.engine_decision
     }
 
     /// What was loaded and how it runs.
@@ -481,22 +495,184 @@ impl Session {
     }
 }
 
-fn check_engine(opts: &LoadOptions) -> Result<()> {
-    let wanted = opts
-        .engine
-        .or(opts.target.as_ref().map(|t| t.preferred_engine))
-        .unwrap_or(EngineKind::Cpu);
-    match wanted {
-        EngineKind::Cpu => Ok(()),
-        // A target that prefers the GPU runs on CPU until the GPU engine
-        // exists, and `inspect` says so through `engine`; an explicit request
-        // for the GPU is refused, never silently downgraded.
-        EngineKind::Gpu if opts.engine.is_none() => Ok(()),
-        EngineKind::Gpu => Err(Error::unsupported(
-            None,
-            UnsupportedReason::Engine("gpu (the wgpu engine is not part of this build yet)".into()),
-        )),
+/// The engine asked for: the caller's, else the target profile's (a
+/// target preferring the GPU means "the GPU where it pays"), else the CPU.
+fn wanted_engine(opts: &LoadOptions) -> EngineKind {
+    match (
+        opts.engine,
+        opts.target.as_ref().map(|t| t.preferred_engine),
+    ) {
+        (Some(e), _) => e,
+        (None, Some(EngineKind::Gpu | EngineKind::Auto)) => EngineKind::Auto,
+        (None, _) => EngineKind::Cpu,
     }
+}
+
+/// Builds the engine that runs the model and records why.
+///
+/// Design: an explicit `gpu` is a contract (refused when the GPU cannot run
+/// the model); `auto` is a preference, settled on this device by a probe, a
+/// lowering attempt and a one-off batch-1 micro-benchmark of both engines.
+/// Every CPU outcome of `auto` carries its reason, so a fallback is never
+/// silent.
+fn choose_engine(
+    proto: &ModelProto,
+    prepared: Prepared,
+    opts: &LoadOptions,
+    threads: usize,
+    strategy: strategy::ExecStrategy,
+) -> Result<(Arc<dyn Engine>, usize, EngineDecision)> {
+    let wanted = wanted_engine(opts);
+    let decision = |engine, reason: String, cpu_us, gpu_us, probe| EngineDecision {
+        engine,
+        reason,
+        cpu_us,
+        gpu_us,
+        gpu: probe,
+    };
+    let cpu = |prepared: Prepared| -> Result<CpuEngine> {
+        match prepared.engine {
+            Some(engine) => Ok(engine),
+            None => CpuEngine::new(prepared.typed, threads),
+        }
+    };
+    if wanted == EngineKind::Cpu {
+        let why = if opts.engine.is_some() {
+            "requested"
+        } else if opts.target.is_some() {
+            "the target profile prefers the CPU"
+        } else {
+            "default (no engine requested, no target profile)"
+        };
+        let engine = cpu(prepared)?;
+        let nodes = engine.plan_nodes();
+        return Ok((
+            Arc::new(engine),
+            nodes,
+            decision(EngineKind::Cpu, why.into(), None, None, None),
+        ));
+    }
+    let output_types = output_types(&prepared.typed)?;
+    // The GPU runs the float form of the graph: integer operators become
+    // DequantizeLinear + float op + QuantizeLinear, the same values.
+    let mut rewritten = proto.clone();
+    let mode = if strategy == strategy::ExecStrategy::WeightsOnly {
+        rewrite::Mode::WeightsOnly
+    } else {
+        rewrite::Mode::Dequantized
+    };
+    rewrite::rewrite(&mut rewritten, mode);
+    let gpu_engine = GpuEngine::new(&rewritten, output_types);
+    let probe = Some(gpu::probe());
+    if wanted == EngineKind::Gpu {
+        let engine = gpu_engine.map_err(|r| gpu::refusal_error(r, None))?;
+        let (kernels, qdq, act) = engine.summary();
+        let reason = format!(
+            "requested; {} ({kernels} kernels, {qdq} quantize pairs and {act} activations fused)",
+            engine.adapter()
+        );
+        return Ok((
+            Arc::new(engine),
+            kernels,
+            decision(EngineKind::Gpu, reason, None, None, probe),
+        ));
+    }
+    let bench = strategy::bench_inputs(&prepared.typed);
+    let cpu_engine = cpu(prepared)?;
+    let nodes = cpu_engine.plan_nodes();
+    let gpu_engine = match gpu_engine {
+        Ok(g) => g,
+        Err(refusal) => {
+            let what = match &refusal {
+                Refusal::NoDevice(_) => "no usable GPU",
+                Refusal::Unsupported(_) => "the GPU engine cannot run this model",
+            };
+            return Ok((
+                Arc::new(cpu_engine),
+                nodes,
+                decision(
+                    EngineKind::Cpu,
+                    format!("{what}, running on the CPU: {refusal}"),
+                    None,
+                    None,
+                    probe,
+                ),
+            ));
+        }
+    };
+    let Some(inputs) = bench else {
+        let (kernels, _, _) = gpu_engine.summary();
+        return Ok((
+            Arc::new(gpu_engine),
+            kernels,
+            decision(
+                EngineKind::Gpu,
+                "not measured (inputs have dynamic dimensions besides the batch); the target \
+                 prefers the GPU and it runs every node"
+                    .into(),
+                None,
+                None,
+                probe,
+            ),
+        ));
+    };
+    let cpu_t = strategy::time(&cpu_engine, &inputs, None)?;
+    // A GPU run that fails here is a GPU problem, reported, not a load failure.
+    let gpu_t = match strategy::time(&gpu_engine, &inputs, Some(cpu_t * 50)) {
+        Ok(t) => t,
+        Err(e) => {
+            return Ok((
+                Arc::new(cpu_engine),
+                nodes,
+                decision(
+                    EngineKind::Cpu,
+                    format!("the GPU engine failed its trial run, running on the CPU: {e}"),
+                    None,
+                    None,
+                    probe,
+                ),
+            ));
+        }
+    };
+    let (cpu_us, gpu_us) = (cpu_t.as_secs_f64() * 1e6, gpu_t.as_secs_f64() * 1e6);
+    let adapter = gpu_engine.adapter();
+    let measured = format!(
+        "measured at load with batch 1: CPU {cpu_us:.0} µs, GPU {gpu_us:.0} µs on {adapter}"
+    );
+    if gpu_t < cpu_t {
+        let (kernels, _, _) = gpu_engine.summary();
+        Ok((
+            Arc::new(gpu_engine),
+            kernels,
+            decision(EngineKind::Gpu, measured, Some(cpu_us), Some(gpu_us), probe),
+        ))
+    } else {
+        Ok((
+            Arc::new(cpu_engine),
+            nodes,
+            decision(
+                EngineKind::Cpu,
+                format!("the CPU is faster: {measured}"),
+                Some(cpu_us),
+                Some(gpu_us),
+                probe,
+            ),
+        ))
+    }
+}
+
+fn output_types(model: &TypedModel) -> Result<Vec<DatumType>> {
+    let err = |e: TractError| Error::Engine {
+        engine: "cpu",
+        stage: "reading the schema",
+        message: e.to_string(),
+    };
+    model
+        .output_outlets()
+        .map_err(err)?
+        .iter()
+        .map(|o| Ok(model.outlet_fact(*o).map_err(err)?.datum_type))
+        .collect()
 }
 
 /// Translates a (rewritten) ONNX proto into a decluttered typed model.

@@ -272,7 +272,7 @@ fn choose_inner(
 }
 
 /// A batch-1 input per model input, when every other dimension is fixed.
-fn bench_inputs(model: &TypedModel) -> Option<Vec<Tensor>> {
+pub(crate) fn bench_inputs(model: &TypedModel) -> Option<Vec<Tensor>> {
     let mut out = vec![];
     for o in model.input_outlets().ok()? {
         let fact = model.outlet_fact(*o).ok()?;
@@ -295,8 +295,8 @@ fn bench_inputs(model: &TypedModel) -> Option<Vec<Tensor>> {
 }
 
 /// Median time of one run, over up to ~150 ms of runs after a warm-up.
-fn time(
-    engine: &CpuEngine,
+pub(crate) fn time(
+    engine: &dyn Engine,
     inputs: &[Tensor],
     give_up_after: Option<Duration>,
 ) -> Result<Duration> {

@@ -16,7 +16,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use outpost_runtime::{Error, LoadOptions, Model, QuantStrategy, Tensor, UnsupportedReason};
+use outpost_runtime::{
+    EngineKind, Error, LoadOptions, Model, QuantStrategy, Tensor, UnsupportedReason,
+};
 use prost::Message;
 use tract_onnx::pb;
 
@@ -174,7 +176,12 @@ fn close(expected: &Tensor, got: &Tensor, tol: Tolerance) -> bool {
     }
 }
 
-fn run_case(dir: &Path, strategy: QuantStrategy, tol: Tolerance) -> (Outcome, String) {
+fn run_case(
+    dir: &Path,
+    engine: EngineKind,
+    strategy: QuantStrategy,
+    tol: Tolerance,
+) -> (Outcome, String) {
     let Ok(bytes) = std::fs::read(dir.join("model.onnx")) else {
         return (Outcome::Unreadable, "no model".into());
     };
@@ -195,6 +202,7 @@ fn run_case(dir: &Path, strategy: QuantStrategy, tol: Tolerance) -> (Outcome, St
         .collect();
     let opts = LoadOptions {
         strategy,
+        engine: Some(engine),
         ..LoadOptions::default()
     };
     let model = match Model::from_onnx_bytes(&proto.encode_to_vec(), "case", None, &opts) {
@@ -256,7 +264,7 @@ fn onnx_node_conformance_cpu() {
     for dir in &cases {
         let name = dir.file_name().unwrap().to_string_lossy().into_owned();
         let tol = must_pass.get(&name).copied().unwrap_or(DEFAULT_TOL);
-        let (outcome, detail) = run_case(dir, QuantStrategy::Integer, tol);
+        let (outcome, detail) = run_case(dir, EngineKind::Cpu, QuantStrategy::Integer, tol);
         *counts.entry(outcome).or_default() += 1;
         report.push(format!(
             "{name}\t{outcome:?}\t{}",
@@ -285,7 +293,7 @@ fn onnx_node_conformance_cpu() {
                 .iter()
                 .any(|op| lower.starts_with(&format!("test_{op}")))
         {
-            let (o, d) = run_case(dir, QuantStrategy::Dequantized, tol);
+            let (o, d) = run_case(dir, EngineKind::Cpu, QuantStrategy::Dequantized, tol);
             if o != Outcome::Pass {
                 problems.push(format!(
                     "{name}: passes with integer kernels but {o:?} dequantized: {}",
@@ -322,6 +330,83 @@ fn onnx_node_conformance_cpu() {
         must_pass.len()
     );
 }
+
+/// The same suite against the GPU engine (`tests/conformance/gpu.txt`, and
+/// `gpu-mismatch.txt` for known wrong results with their reason). A case
+/// the GPU engine cannot lower is refused at load with a typed error
+/// (counted as `Error`): an explicit GPU request never runs on the CPU.
+#[test]
+fn onnx_node_conformance_gpu() {
+    let Some(suite) = suite_dir() else {
+        skip_or_fail("ONNX node tests not generated: run `python3 scripts/gen_onnx_node_tests.py`");
+        return;
+    };
+    if !crate::gpu::gpu_available() {
+        return;
+    }
+    let must_pass = list("gpu.txt");
+    let known_mismatch = list("gpu-mismatch.txt");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&suite)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    cases.sort();
+    let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
+    let mut problems = vec![];
+    let mut report = vec![];
+    for dir in &cases {
+        let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+        let tol = must_pass.get(&name).copied().unwrap_or(DEFAULT_TOL);
+        let (outcome, detail) = run_case(dir, EngineKind::Gpu, QuantStrategy::Auto, tol);
+        *counts.entry(outcome).or_default() += 1;
+        report.push(format!(
+            "{name}\t{outcome:?}\t{}",
+            truncate(&detail).replace('\n', " ")
+        ));
+        if must_pass.contains_key(&name) && outcome != Outcome::Pass {
+            problems.push(format!(
+                "{name}: listed in gpu.txt but {outcome:?}: {}",
+                truncate(&detail)
+            ));
+        }
+        if outcome == Outcome::Wrong && !known_mismatch.contains_key(&name) {
+            problems.push(format!(
+                "{name}: silent wrong result on the GPU engine: {}",
+                truncate(&detail)
+            ));
+        }
+    }
+    if let Ok(path) = std::env::var("OUTPOST_CONFORMANCE_WRITE_GPU") {
+        std::fs::write(path, report.join("\n") + "\n").unwrap();
+    }
+    eprintln!(
+        "conformance gpu ({}, {}): {} cases; pass {}, refused {}, error or not lowered {}, wrong {}, unreadable {}; allowlist {}",
+        suite.display(),
+        outpost_runtime::gpu::probe().describe(),
+        cases.len(),
+        counts.get(&Outcome::Pass).unwrap_or(&0),
+        counts.get(&Outcome::Refused).unwrap_or(&0),
+        counts.get(&Outcome::Error).unwrap_or(&0),
+        counts.get(&Outcome::Wrong).unwrap_or(&0),
+        counts.get(&Outcome::Unreadable).unwrap_or(&0),
+        must_pass.len(),
+    );
+    assert!(
+        problems.is_empty(),
+        "{} GPU conformance problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+    // The allowlist only grows.
+    assert!(
+        must_pass.len() >= GPU_ALLOWLIST_MIN,
+        "the GPU allowlist shrank to {}",
+        must_pass.len()
+    );
+}
+
+const GPU_ALLOWLIST_MIN: usize = 360;
 
 fn truncate(s: &str) -> String {
     s.chars().take(300).collect()

@@ -4,6 +4,7 @@
 mod common;
 mod conformance;
 mod digits;
+mod gpu;
 mod package;
 mod qgemm;
 mod robustness;

@@ -399,7 +399,9 @@ fn a_strategy_measured_at_pack_time_on_this_architecture_is_used_at_load() {
 }
 
 /// Regression: the pre-optimized path skipped the engine check, so an
-/// explicit GPU request was served by the CPU.
+/// explicit GPU request was served by the CPU. A package with a
+/// pre-optimized form either runs on the GPU engine (which lowers its ONNX
+/// member) or is refused with a typed error: never a CPU run.
 #[test]
 fn a_gpu_request_is_refused_for_packages_with_a_preoptimized_form_too() {
     let bytes = builder(true).to_bytes().unwrap();
@@ -408,6 +410,64 @@ fn a_gpu_request_is_refused_for_packages_with_a_preoptimized_form_too() {
         engine: Some(outpost_runtime::EngineKind::Gpu),
         ..LoadOptions::default()
     };
+    match Model::from_package(&pkg, &opts) {
+        Ok(model) => {
+            assert!(outpost_runtime::gpu::probe().available);
+            assert_eq!(model.info().engine, outpost_runtime::EngineKind::Gpu);
+            assert_eq!(model.info().source, outpost_runtime::GraphSource::Onnx);
+            assert!(model.info().preoptimized_skipped.is_some());
+        }
+        Err(err) => {
+            assert!(!outpost_runtime::gpu::probe().available, "{err}");
+            assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+        }
+    }
+}
+
+/// And a package whose model the GPU engine cannot run (ArgMax, which it
+/// lacks) is refused when the GPU is requested, pre-optimized form or not.
+#[test]
+fn a_gpu_request_for_a_package_the_gpu_cannot_run_is_refused() {
+    use crate::common::onnx::{attr_i, model, value_info, value_info_any};
+    let argmax = tract_onnx::pb::NodeProto {
+        name: "pick".into(),
+        op_type: "ArgMax".into(),
+        input: vec!["x".into()],
+        output: vec!["y".into()],
+        attribute: vec![attr_i("axis", 1), attr_i("keepdims", 0)],
+        ..Default::default()
+    };
+    let onnx = model(
+        vec![argmax],
+        vec![],
+        vec![value_info("x", &[1, 10])],
+        vec![value_info_any("y")],
+    );
+    let cpu = Model::from_onnx_bytes(&onnx, "argmax", None, &LoadOptions::default()).unwrap();
+    let mut manifest = manifest_for(&cpu);
+    manifest.inputs[0].range = None;
+    manifest.outputs[0].labels = vec![];
+    let mut b = PackageBuilder::new(manifest);
+    b.add(MODEL_ONNX, onnx.clone()).unwrap();
+    let (nnef, _) = outpost_runtime::preoptimize(&onnx, &LoadOptions::default()).unwrap();
+    b.add(MODEL_NNEF, nnef).unwrap();
+    b.manifest_mut().runtime = Some(outpost_runtime::manifest::RuntimeInfo {
+        tract_version: outpost_runtime::TRACT_VERSION.into(),
+        strategy: Some("float".into()),
+        measured_on: None,
+    });
+    let bytes = b.to_bytes().unwrap();
+    let pkg = Package::from_bytes(&bytes, "argmax.opk", &PackageLimits::default()).unwrap();
+    let opts = LoadOptions {
+        engine: Some(outpost_runtime::EngineKind::Gpu),
+        ..LoadOptions::default()
+    };
     let err = Model::from_package(&pkg, &opts).unwrap_err();
     assert!(matches!(err, Error::Unsupported { .. }), "{err}");
+    if outpost_runtime::gpu::probe().available {
+        assert!(err.to_string().contains("ArgMax"), "{err}");
+    }
+    // The CPU still serves it from the pre-optimized form.
+    let m = Model::from_package(&pkg, &LoadOptions::default()).unwrap();
+    assert_eq!(m.info().source, GraphSource::Nnef);
 }
