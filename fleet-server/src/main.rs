@@ -1,12 +1,12 @@
 //! `outpost`: the fleet server and its command-line interface.
 //!
-//! This build has the commands that need no server: `outpost model
-//! inspect|run|pack|sign` and `outpost keys init|generate|show|rotate`;
-//! `serve`, the registry and rollouts come with the fleet issues.
+//! Local commands need no server (`outpost model inspect|run|pack|sign`,
+//! `outpost keys …`); `outpost serve` runs the server, and the registry,
+//! inventory, token and audit commands talk to it over HTTP.
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
 
@@ -15,34 +15,76 @@ mod cli;
     name = "outpost",
     version,
     about = "Outpost: quantized models on edge devices, and the fleet that runs them",
-    after_help = "Exit codes: 0 success; 1 failure (an operation failed, or a trust check \
-                  refused the result); 2 usage or validation error (bad arguments or input \
-                  files to fix). With --json, errors are printed to stdout as \
-                  {\"ok\": false, \"exit_code\", \"error\", \"check\"?}."
+    after_help = "Exit codes: 0 success; 1 failure (an operation failed, or a trust or audit \
+                  check refused the result); 2 usage or validation error (bad arguments or \
+                  input files to fix, a card the registry refuses, a port that is taken); \
+                  3 the server refused the token (401) or its role (403); 4 not found; \
+                  5 conflict with the current state (a lifecycle move not allowed, other bytes \
+                  under the same version); 6 the server cannot be reached. With --json, \
+                  errors are printed to stdout as {\"ok\": false, \"exit_code\", \"error\", \
+                  \"check\"?, \"status\"?, \"code\"?, \"details\"?}."
 )]
 struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Server URL for client commands [env: OUTPOST_SERVER; default:
+    /// http://127.0.0.1:8080].
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// API token for client commands [env: OUTPOST_TOKEN].
+    #[arg(long, global = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Work with model files (.onnx) and packages (.opk) locally.
+    /// Run the fleet server: HTTP API, MQTT (embedded broker or external),
+    /// registry, inventory, audit.
+    Serve(cli::serve::ServeArgs),
+    /// Model files and packages locally; the registry on a server.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
     /// Root, release and director keys; root rotation (files on this machine).
     #[command(subcommand)]
     Keys(cli::keys::KeysCommand),
+    /// API tokens and their roles (viewer, operator, approver, admin).
+    #[command(subcommand)]
+    Tokens(cli::tokens::TokensCommand),
+    /// The device inventory.
+    #[command(subcommand)]
+    Devices(cli::devices::DevicesCommand),
+    /// The hash-chained audit log.
+    #[command(subcommand)]
+    Audit(cli::audit::AuditCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let conn = cli::Conn {
+        server: cli.server.clone(),
+        token: cli.token.clone(),
+    };
     let result = match cli.command {
-        Command::Model(cmd) => cli::model::run(cmd, cli.json),
+        Command::Serve(args) => cli::serve::run(args),
+        Command::Model(cmd) => cli::model::run(cmd, cli.json, &conn),
         Command::Keys(cmd) => cli::keys::run(cmd, cli.json),
+        Command::Tokens(cmd) => cli::tokens::run(cmd, cli.json, &conn),
+        Command::Devices(cmd) => cli::devices::run(cmd, cli.json, &conn),
+        Command::Audit(cmd) => cli::audit::run(cmd, cli.json, &conn),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "outpost",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,5 +1,6 @@
 //! `outpost model inspect|run`: try a model from the shell, no server
-//! needed; `pack` and `sign` live in their own modules.
+//! needed; `pack` and `sign` live in their own modules, the registry
+//! commands (push, list, approve, …) in `registry`.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,6 +41,79 @@ pub(crate) enum ModelCommand {
     /// Add a release-key signature to a package's release metadata (k-of-n:
     /// each holder signs the same file in turn).
     Sign(super::sign::SignArgs),
+    /// Upload a package (and its .release) to the registry, with a progress
+    /// bar; an interrupted push resumes where it stopped.
+    Push(super::registry::PushArgs),
+    /// List registered versions and where each runs.
+    List {
+        /// Only this model.
+        #[arg(long)]
+        name: Option<String>,
+        /// Only this status (draft, approved, canary, deployed, deprecated,
+        /// retired, rejected).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// A version's card, status, approvals, evaluation and devices.
+    Show(super::registry::VersionArgs),
+    /// Approve a draft (role approver; not its submitter).
+    Approve {
+        #[command(flatten)]
+        v: super::registry::VersionArgs,
+        /// What the approval vouches for: domain, risk or legal (risk class
+        /// high needs risk and legal).
+        #[arg(long, default_value = "domain")]
+        kind: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
+    /// Reject a draft (role approver).
+    Reject {
+        #[command(flatten)]
+        v: super::registry::VersionArgs,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Move a version along its lifecycle: canary, deployed, approved
+    /// (halt a canary), deprecated (role operator).
+    Promote {
+        #[command(flatten)]
+        v: super::registry::VersionArgs,
+        /// The status to move to.
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Deprecate a version (role operator).
+    Deprecate {
+        #[command(flatten)]
+        v: super::registry::VersionArgs,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Retire a deprecated version: signed retire directives go to every
+    /// device running it (role operator).
+    Retire {
+        #[command(flatten)]
+        v: super::registry::VersionArgs,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Attach an impact assessment to a draft (role operator).
+    Attach {
+        #[command(flatten)]
+        v: super::registry::VersionArgs,
+        /// The document.
+        #[arg(long)]
+        impact_assessment: PathBuf,
+    },
+    /// Versions the retirement policy (age, measured decay) picks; --mark
+    /// marks them.
+    Retirement {
+        #[arg(long)]
+        mark: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -109,8 +183,30 @@ impl LoadArgs {
     }
 }
 
-pub(crate) fn run(cmd: ModelCommand, json: bool) -> Result<()> {
+pub(crate) fn run(cmd: ModelCommand, json: bool, conn: &super::Conn) -> Result<()> {
+    use super::registry as reg;
     match cmd {
+        ModelCommand::Push(args) => reg::push(&conn.client(), args, json),
+        ModelCommand::List { name, status } => reg::list(&conn.client(), name, status, json),
+        ModelCommand::Show(v) => reg::show(&conn.client(), &v, json),
+        ModelCommand::Approve { v, kind, comment } => {
+            reg::approve(&conn.client(), &v, &kind, comment, json)
+        }
+        ModelCommand::Reject { v, reason } => reg::reject(&conn.client(), &v, reason, json),
+        ModelCommand::Promote { v, to, reason } => {
+            reg::transition(&conn.client(), &v, &to, reason, json)
+        }
+        ModelCommand::Deprecate { v, reason } => {
+            reg::transition(&conn.client(), &v, "deprecated", reason, json)
+        }
+        ModelCommand::Retire { v, reason } => {
+            reg::transition(&conn.client(), &v, "retired", reason, json)
+        }
+        ModelCommand::Attach {
+            v,
+            impact_assessment,
+        } => reg::attach(&conn.client(), &v, &impact_assessment, json),
+        ModelCommand::Retirement { mark } => reg::retirement(&conn.client(), mark, json),
         ModelCommand::Inspect { file, load } => {
             let model = Model::load(&file, &load.options()?)
                 .with_context(|| format!("loading {}", file.display()))?;

@@ -1,0 +1,248 @@
+//! `outpost serve`: flags, an optional TOML file, and the runtime.
+
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use outpost_fleet::registry::{ApprovalPolicy, RetirementPolicy};
+use outpost_fleet::server::{self, MqttMode, ServeConfig, ServeError};
+use serde::Deserialize;
+
+use super::invalid;
+
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "First admin token: start with --init-admin-token-file PATH (written, \
+    mode 0600, only while the store has no token), or, with the server stopped, run \
+    `outpost tokens create --role admin --name NAME --data-dir DIR`.\n\n\
+    On start it prints one line on stdout: `listening http=HOST:PORT mqtt=HOST:PORT`.\n\n\
+    A taken port is reported with its number and how to choose another (the embedded \
+    broker's default 1883 is Mosquitto's too: use --mqtt-port, or --mqtt-url to use that \
+    Mosquitto)."
+)]
+pub(crate) struct ServeArgs {
+    /// A TOML file with any of the settings below (snake_case keys);
+    /// flags override it.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the store and uploads live [default: outpost-data].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// HTTP address [default: 127.0.0.1:8080]; port 0 picks a free one.
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Embedded broker's port [default: 1883]; 0 picks a free one.
+    #[arg(long)]
+    mqtt_port: Option<u16>,
+    /// Embedded broker's address [default: 127.0.0.1].
+    #[arg(long)]
+    mqtt_host: Option<IpAddr>,
+    /// Use an external broker instead: mqtt://HOST:PORT or mqtts://HOST:PORT.
+    #[arg(long)]
+    mqtt_url: Option<String>,
+    /// CA (PEM) of an mqtts:// broker.
+    #[arg(long)]
+    mqtt_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS with the broker.
+    #[arg(long)]
+    mqtt_client_cert: Option<PathBuf>,
+    /// Client key (PEM) for mutual TLS with the broker.
+    #[arg(long)]
+    mqtt_client_key: Option<PathBuf>,
+    /// MQTT topic prefix [default: outpost/v1].
+    #[arg(long)]
+    topic_prefix: Option<String>,
+    /// The director key (director.pk8 from `outpost keys init`): signs
+    /// retire (and rollout) directives. The server never holds root or
+    /// release keys.
+    #[arg(long)]
+    director_key: Option<PathBuf>,
+    /// root.signed, published at /v1/trust/root.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Base URL devices reach this server at, for artifact URLs.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Distinct approvers a version needs [default: 2].
+    #[arg(long)]
+    required_approvals: Option<u32>,
+    /// Largest |claimed − measured| accepted for an eval metric [default: 0.02].
+    #[arg(long)]
+    eval_tolerance: Option<f64>,
+    /// Retirement policy: versions deployed longer than this many days.
+    #[arg(long)]
+    retire_after_days: Option<u64>,
+    /// Retirement policy: measured metric below its claim by more than this.
+    #[arg(long)]
+    retire_on_decay: Option<f64>,
+    /// Create the first admin token (if the store has none) and write it here.
+    #[arg(long)]
+    init_admin_token_file: Option<PathBuf>,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    data_dir: Option<PathBuf>,
+    http: Option<SocketAddr>,
+    mqtt_port: Option<u16>,
+    mqtt_host: Option<IpAddr>,
+    mqtt_url: Option<String>,
+    mqtt_ca: Option<PathBuf>,
+    mqtt_client_cert: Option<PathBuf>,
+    mqtt_client_key: Option<PathBuf>,
+    topic_prefix: Option<String>,
+    director_key: Option<PathBuf>,
+    root: Option<PathBuf>,
+    public_url: Option<String>,
+    required_approvals: Option<u32>,
+    eval_tolerance: Option<f64>,
+    retire_after_days: Option<u64>,
+    retire_on_decay: Option<f64>,
+    init_admin_token_file: Option<PathBuf>,
+}
+
+/// Paths in the file are relative to the file's folder.
+fn rel(base: &Path, p: Option<PathBuf>) -> Option<PathBuf> {
+    p.map(|p| if p.is_absolute() { p } else { base.join(p) })
+}
+
+fn config(a: ServeArgs) -> Result<ServeConfig> {
+    let file = match &a.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))
+                .map_err(invalid)?;
+            let base = path.parent().unwrap_or(Path::new("."));
+            let f: ConfigFile = toml::from_str(&text)
+                .with_context(|| format!("{}", path.display()))
+                .map_err(invalid)?;
+            ConfigFile {
+                data_dir: rel(base, f.data_dir),
+                mqtt_ca: rel(base, f.mqtt_ca),
+                mqtt_client_cert: rel(base, f.mqtt_client_cert),
+                mqtt_client_key: rel(base, f.mqtt_client_key),
+                director_key: rel(base, f.director_key),
+                root: rel(base, f.root),
+                init_admin_token_file: rel(base, f.init_admin_token_file),
+                ..f
+            }
+        }
+        None => ConfigFile::default(),
+    };
+    let mqtt_url = a.mqtt_url.or(file.mqtt_url);
+    let mqtt = match mqtt_url {
+        Some(url) => {
+            server::mqtt::parse_url(&url).map_err(|e| invalid(anyhow::anyhow!(e)))?;
+            MqttMode::External {
+                url,
+                ca: a.mqtt_ca.or(file.mqtt_ca),
+                client_cert: a.mqtt_client_cert.or(file.mqtt_client_cert),
+                client_key: a.mqtt_client_key.or(file.mqtt_client_key),
+            }
+        }
+        None => MqttMode::Embedded {
+            bind: SocketAddr::new(
+                a.mqtt_host
+                    .or(file.mqtt_host)
+                    .unwrap_or(IpAddr::from([127, 0, 0, 1])),
+                a.mqtt_port.or(file.mqtt_port).unwrap_or(1883),
+            ),
+        },
+    };
+    let tolerance = a.eval_tolerance.or(file.eval_tolerance).unwrap_or(0.02);
+    if !(tolerance.is_finite() && tolerance >= 0.0) {
+        return Err(invalid(anyhow::anyhow!(
+            "--eval-tolerance {tolerance} must be a number ≥ 0"
+        )));
+    }
+    Ok(ServeConfig {
+        data_dir: a
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("outpost-data")),
+        http: a
+            .http
+            .or(file.http)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        mqtt,
+        topic_prefix: a
+            .topic_prefix
+            .or(file.topic_prefix)
+            .unwrap_or_else(|| outpost_protocol::topic::DEFAULT_PREFIX.into()),
+        director_key: a.director_key.or(file.director_key),
+        root: a.root.or(file.root),
+        public_url: a.public_url.or(file.public_url),
+        approvals: ApprovalPolicy {
+            required_approvals: a
+                .required_approvals
+                .or(file.required_approvals)
+                .unwrap_or(ApprovalPolicy::default().required_approvals)
+                .max(1),
+        },
+        retirement: RetirementPolicy {
+            max_age_days: a.retire_after_days.or(file.retire_after_days),
+            max_decay: a.retire_on_decay.or(file.retire_on_decay),
+        },
+        eval_tolerance: tolerance,
+        init_admin_token_file: a.init_admin_token_file.or(file.init_admin_token_file),
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub(crate) fn run(args: ServeArgs) -> Result<()> {
+    let config = config(args)?;
+    // rumqttd logs every aborted connection (port probes, health checks)
+    // as an error: quiet by default, RUST_LOG=rumqttd=warn to see it.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off,sled=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(server::run(
+        config,
+        |l| {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening http={} mqtt={}", l.http, l.mqtt);
+            let _ = out.flush();
+            if let Some(p) = &l.admin_token_file {
+                eprintln!("first admin token written to {}", p.display());
+            }
+        },
+        shutdown_signal(),
+    ))
+    .map_err(|e| match e {
+        ServeError::PortTaken { .. } | ServeError::Config(_) | ServeError::File { .. } => {
+            invalid(e)
+        }
+        other => anyhow::Error::new(other),
+    })
+}

@@ -1,0 +1,455 @@
+//! The inventory from real MQTT traffic: birth, state, telemetry, death
+//! published with rumqttc to the embedded broker and to a private
+//! Mosquitto; garbage counted, never fatal; retirement sends signed
+//! retire directives to the devices that run the version.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use outpost_protocol::bytes::Sha256;
+use outpost_protocol::codec;
+use outpost_protocol::messages::{
+    Birth, Command, Death, DeviceMessage, Encoding, Health, HealthStatus, InstalledModel, ModelRef,
+    ModelState, Phase, ReportedState, Slot, TelemetryWindow,
+};
+use outpost_protocol::trust::DirectiveAction;
+use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+
+use crate::support::*;
+
+enum Seen {
+    SubAck,
+    Publish(String, Vec<u8>),
+}
+
+/// A device-side MQTT client.
+struct Device {
+    client: Client,
+    rx: mpsc::Receiver<Seen>,
+}
+
+impl Device {
+    fn connect(port: u16, id: &str) -> Device {
+        let mut o = MqttOptions::new(
+            format!("test-{id}-{}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(2 << 20, 2 << 20);
+        let (client, mut conn) = Client::new(o, 32);
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                let seen = match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        Seen::Publish(p.topic, p.payload.to_vec())
+                    }
+                    Ok(_) => continue,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                if tx.send(seen).is_err() {
+                    return;
+                }
+            }
+        });
+        Device { client, rx }
+    }
+
+    fn publish(&self, id: &str, kind: &str, payload: Vec<u8>) {
+        self.client
+            .publish(
+                format!("outpost/v1/devices/{id}/{kind}"),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .unwrap();
+    }
+
+    fn send(&self, id: &str, msg: DeviceMessage) {
+        self.publish(
+            id,
+            msg.kind().as_str(),
+            msg.encode(Encoding::Postcard).unwrap(),
+        );
+    }
+
+    fn subscribe(&self, topic: &str) {
+        self.client.subscribe(topic, QoS::AtLeastOnce).unwrap();
+        wait_for("suback", T, || {
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Seen::SubAck) => Some(()),
+                _ => None,
+            }
+        });
+    }
+
+    fn next_publish(&self) -> (String, Vec<u8>) {
+        wait_for("a publish", T, || {
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Seen::Publish(t, p)) => Some((t, p)),
+                _ => None,
+            }
+        })
+    }
+}
+
+fn model_ref(version: &str, sha: Sha256) -> ModelRef {
+    ModelRef {
+        name: "digits".into(),
+        version: version.into(),
+        sha256: sha,
+    }
+}
+
+fn birth(session: u64, sha: Sha256) -> DeviceMessage {
+    DeviceMessage::Birth(Birth {
+        session,
+        at: 1,
+        agent_version: "0.1.0".into(),
+        target: "rpi5".into(),
+        arch: "aarch64".into(),
+        models: vec![InstalledModel {
+            model: model_ref("1.0.0", sha),
+            slot: Slot::Active,
+        }],
+        root_version: 1,
+        last_directive: 0,
+    })
+}
+
+fn state(session: u64, sha: Sha256) -> DeviceMessage {
+    DeviceMessage::State(ReportedState {
+        session,
+        at: 2,
+        models: vec![ModelState {
+            name: "digits".into(),
+            active: Some(model_ref("1.0.0", sha)),
+            candidate: None,
+            previous: None,
+            phase: Phase::Serving,
+        }],
+        health: Health {
+            status: HealthStatus::Healthy,
+            detail: None,
+        },
+        root_version: 1,
+        last_directive: 0,
+    })
+}
+
+fn device(server: &Server, token: &str, id: &str) -> Option<Value> {
+    let out = server.cli(token, &["--json", "devices", "show", id]);
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn metric(server: &Server, needle: &str) -> Option<f64> {
+    let text = agent()
+        .get(server.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with(needle))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn inventory_telemetry_labels_and_retire_directives_over_the_embedded_broker() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keys = d.join("keys");
+    local_json(&["keys", "init", "--dir", s(&keys)], 0);
+    let server = Server::start(
+        d,
+        &[
+            "--director-key",
+            s(&keys.join("director.pk8")),
+            "--root",
+            s(&keys.join("root.signed")),
+        ],
+    );
+    let viewer = server.token("vera", "viewer");
+    let op = server.token("otto", "operator");
+    let (ann, bob) = (
+        server.token("ann", "approver"),
+        server.token("bob", "approver"),
+    );
+    let opk = pack(d, "mlp_fp32.onnx", "1.0.0", "low");
+    let sha = Sha256::of(&std::fs::read(&opk).unwrap());
+
+    let dev = Device::connect(server.mqtt_port(), "pump-1");
+    dev.send("pump-1", birth(1, sha));
+    dev.send("pump-1", state(1, sha));
+    let d1 = wait_for("pump-1 in the inventory", T, || {
+        device(&server, &viewer, "pump-1").filter(|d| d["health"] == "healthy")
+    });
+    assert_eq!(d1["online"], true);
+    assert_eq!(d1["target"], "rpi5");
+    assert_eq!(d1["installed"][0]["slot"], "active");
+    assert_eq!(d1["installed"][0]["version"], "1.0.0");
+
+    // A telemetry window delivered twice is stored once.
+    let window = DeviceMessage::Telemetry(TelemetryWindow {
+        model: model_ref("1.0.0", sha),
+        slot: Slot::Active,
+        window_start: 1_800_000_000,
+        window_secs: 60,
+        profile: vec![1, 2, 3],
+    });
+    dev.send("pump-1", window.clone());
+    dev.send("pump-1", window);
+    wait_for("the duplicate window", T, || {
+        metric(
+            &server,
+            "outpost_telemetry_windows_total{status=\"duplicate\"}",
+        )
+    });
+    let v = agent()
+        .get(server.url("/v1/telemetry/windows?model=digits&version=1.0.0"))
+        .header("Authorization", &format!("Bearer {viewer}"))
+        .call()
+        .unwrap()
+        .into_body()
+        .read_json::<Value>()
+        .unwrap();
+    assert_eq!(v["count"], 1, "{v}");
+    assert_eq!(v["windows"][0]["device"], "pump-1");
+
+    // Garbage is counted and dropped; the server keeps serving.
+    dev.publish("pump-1", "birth", b"\x01garbage".to_vec());
+    dev.publish("pump-1", "telemetry", b"{not json".to_vec());
+    dev.publish("bad!id", "state", b"x".to_vec());
+    wait_for("garbage counted", T, || {
+        let birth = metric(
+            &server,
+            "outpost_mqtt_rejected_total{kind=\"birth\",reason=\"decode\"}",
+        )?;
+        let tel = metric(
+            &server,
+            "outpost_mqtt_rejected_total{kind=\"telemetry\",reason=\"decode\"}",
+        )?;
+        (birth >= 1.0 && tel >= 1.0).then_some(())
+    });
+    server.json(&viewer, &["devices", "list"], 0);
+
+    // Labels and groups, audited.
+    let v = server.json(
+        &op,
+        &[
+            "devices",
+            "label",
+            "pump-1",
+            "site=north",
+            "--group",
+            "canary",
+        ],
+        0,
+    );
+    assert_eq!(v["labels"]["site"], "north");
+    assert_eq!(v["groups"][0], "canary");
+    let listed = server.json(&viewer, &["devices", "list", "--group", "canary"], 0);
+    assert_eq!(listed["devices"].as_array().unwrap().len(), 1);
+    let log = server.json(&viewer, &["audit", "list", "--action", "device."], 0);
+    assert_eq!(log["entries"][0]["actor"], "otto");
+
+    // The registry knows where each version runs; retiring it sends a
+    // signed retire directive to that device.
+    server.json(&op, &["model", "push", s(&opk)], 0);
+    server.json(&ann, &["model", "approve", "digits", "1.0.0"], 0);
+    server.json(&bob, &["model", "approve", "digits", "1.0.0"], 0);
+    for to in ["canary", "deployed", "deprecated"] {
+        server.json(&op, &["model", "promote", "digits", "1.0.0", "--to", to], 0);
+    }
+    let list = server.json(&viewer, &["model", "list"], 0);
+    assert_eq!(list["versions"][0]["devices"][0], "pump-1", "{list}");
+    dev.subscribe("outpost/v1/devices/pump-1/commands");
+    let v = server.json(
+        &op,
+        &[
+            "model",
+            "retire",
+            "digits",
+            "1.0.0",
+            "--reason",
+            "superseded",
+        ],
+        0,
+    );
+    assert_eq!(v["directives"][0]["device"], "pump-1", "{v}");
+    let (topic, payload) = dev.next_publish();
+    assert_eq!(topic, "outpost/v1/devices/pump-1/commands");
+    let cmd: Command = codec::decode(&payload, 1 << 20).unwrap();
+    let directive = cmd.directive.decode_unverified().unwrap();
+    assert_eq!(
+        directive.action,
+        DirectiveAction::Retire {
+            model: "digits".into()
+        }
+    );
+    assert_eq!(
+        directive.sequence,
+        v["directives"][0]["sequence"].as_u64().unwrap()
+    );
+    let director = outpost_protocol::trust::keys::fingerprint(&keys.join("director.pk8")).unwrap();
+    assert_eq!(cmd.directive.signatures[0].key_id, director);
+
+    // The trust metadata devices need is published; the death ends the session.
+    let r = agent().get(server.url("/v1/trust/root")).call().unwrap();
+    assert_eq!(
+        r.into_body().read_to_vec().unwrap(),
+        std::fs::read(keys.join("root.signed")).unwrap()
+    );
+    dev.send("pump-1", DeviceMessage::Death(Death { session: 1 }));
+    wait_for("pump-1 offline", T, || {
+        device(&server, &viewer, "pump-1").filter(|d| d["online"] == false)
+    });
+}
+
+#[test]
+fn inventory_through_an_external_mosquitto() {
+    let Some(broker) = Mosquitto::start_with("allow_anonymous true\n") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mqtt://127.0.0.1:{}", broker.port);
+    let server = Server::start(dir.path(), &["--mqtt-url", &url]);
+    assert_eq!(server.mqtt, format!("127.0.0.1:{}", broker.port));
+    let viewer = server.token("vera", "viewer");
+    let dev = Device::connect(broker.port, "gate-7");
+    dev.publish("gate-7", "state", b"\x07nonsense".to_vec());
+    dev.send("gate-7", birth(3, Sha256::of(b"pkg")));
+    let d = wait_for("gate-7 in the inventory", T, || {
+        device(&server, &viewer, "gate-7")
+    });
+    assert_eq!(d["session"], 3);
+    assert_eq!(d["online"], true);
+    wait_for("garbage counted", T, || {
+        metric(
+            &server,
+            "outpost_mqtt_rejected_total{kind=\"state\",reason=\"decode\"}",
+        )
+    });
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl.
+fn test_pki(dir: &std::path::Path) -> bool {
+    let ok = |args: &[&str]| openssl(dir, args);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+    )
+    .unwrap();
+    let key = |name: &str| {
+        ok(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            name,
+        ])
+    };
+    key("ca.key")
+        && ok(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=outpost-test-ca",
+        ])
+        && key("server.key")
+        && ok(&[
+            "req",
+            "-new",
+            "-key",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ])
+        && ok(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ])
+}
+
+#[test]
+fn inventory_through_mosquitto_over_tls() {
+    let pki = tempfile::tempdir().unwrap();
+    let p = pki.path();
+    if !test_pki(p) {
+        skip_or_fail("openssl could not make the test PKI");
+        return;
+    }
+    // Two listeners: TLS for the server, plain for the test's device.
+    let plain = free_port();
+    let extra = format!(
+        "allow_anonymous true\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+         listener {plain} 127.0.0.1\nallow_anonymous true\n",
+        d = p.display()
+    );
+    let Some(broker) = Mosquitto::start_with(&extra) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("mqtts://127.0.0.1:{}", broker.port);
+    // Without the CA the server refuses to start and says why.
+    let Err((code, err)) = Server::try_start(dir.path(), &["--mqtt-url", &url]) else {
+        panic!("started without --mqtt-ca");
+    };
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--mqtt-ca"), "{err}");
+    let server = Server::start(
+        dir.path(),
+        &["--mqtt-url", &url, "--mqtt-ca", s(&p.join("ca.pem"))],
+    );
+    let viewer = server.token("vera", "viewer");
+    let dev = Device::connect(plain, "valve-2");
+    dev.send("valve-2", birth(5, Sha256::of(b"pkg")));
+    let d = wait_for("valve-2 in the inventory", T, || {
+        device(&server, &viewer, "valve-2")
+    });
+    assert_eq!(d["session"], 5);
+}
