@@ -402,7 +402,7 @@ pub async fn run(
     // The update task owns the core from here on; it stops when the MQTT
     // side drops its sender.
     let (published_tx, published_rx) = tokio::sync::mpsc::unbounded_channel();
-    let updates = match state.updater.lock().ok().and_then(|mut u| u.take()) {
+    let (updates, update_thread) = match state.updater.lock().ok().and_then(|mut u| u.take()) {
         Some(core) => {
             let config = update_task::UpdateTaskConfig {
                 report_every: std::time::Duration::from_secs(u64::from(
@@ -411,17 +411,24 @@ pub async fn run(
                 ..update_task::UpdateTaskConfig::default()
             };
             match update_task::spawn(state.clone(), core, config, published_tx) {
-                Ok((u, _thread)) => Some(u),
+                Ok((u, thread)) => (Some(u), Some(thread)),
                 Err(e) => {
                     tracing::error!(error = %e, "update task did not start; updates are off");
-                    None
+                    (None, None)
                 }
             }
         }
-        None => None,
+        None => (None, None),
     };
     let mqtt = mqtt::run(state, shutdown, updates, published_rx);
     let (api_result, mqtt_result) = tokio::join!(api, mqtt);
+    // The MQTT side has dropped its sender: the update task ends after the
+    // step in hand. Waited for, so the state (the store above all) is
+    // released when `run` returns and a restart in the same process can
+    // open it again.
+    if let Some(thread) = update_thread {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     if let Err(e) = api_result {
         tracing::error!(error = %e, "local API stopped");
     }

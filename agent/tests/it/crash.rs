@@ -276,16 +276,35 @@ fn sigkill_at_random_points_during_updates_always_restarts_to_a_verified_model()
         assert_eq!(status, 200, "point {i}: {body}");
         let version = body["version"].as_str().unwrap().to_owned();
         assert!(versions.contains(&version.as_str()), "{version}");
-        *served.entry(version.clone()).or_default() += 1;
         // What serves is the committed pointer's model, or a canary the
-        // record has on probation.
-        let pointer: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(data.join("update/slots/digits.json")).unwrap())
-                .unwrap();
-        let step = persisted_step(&data);
+        // record has on probation. The restored update's first drive runs
+        // beside this check (a commit redone, a probation restarted): the
+        // pointer and the step are read before and after the request, and
+        // the answer must match one side (a pointer is written before the
+        // model it names serves).
+        let pointer_version = || -> String {
+            let p: serde_json::Value = serde_json::from_slice(
+                &std::fs::read(data.join("update/slots/digits.json")).unwrap(),
+            )
+            .unwrap();
+            p["active"]["version"].as_str().unwrap().to_owned()
+        };
+        let (pointer_before, step_before) = (pointer_version(), persisted_step(&data));
+        let (status, body) = post_json(
+            &format!("{}/v1/models/digits/infer", agent.api),
+            &request(&rows),
+        );
+        assert_eq!(status, 200, "point {i}: {body}");
+        let version = body["version"].as_str().unwrap().to_owned();
+        let (pointer_after, step_after) = (pointer_version(), persisted_step(&data));
+        *served.entry(version.clone()).or_default() += 1;
         assert!(
-            pointer["active"]["version"] == version.as_str() || step == "probation",
-            "point {i}: serving {version}, pointer {pointer}, step {step}"
+            version == pointer_before
+                || version == pointer_after
+                || step_before == "probation"
+                || step_after == "probation",
+            "point {i}: serving {version} ({body}), pointer {pointer_before} → {pointer_after}, \
+             step {step_before} → {step_after}"
         );
         assert!(packages_are_whole(&data) >= 1);
         // The trust state never goes backwards.
