@@ -159,22 +159,23 @@ async fn infer(
             let mut result = tokio::task::spawn_blocking(move || st.host.infer(&name2, inputs))
                 .await
                 .unwrap_or_else(|e| Err(InferError::Engine(format!("inference task: {e}"))));
-            // The shadow run starts once the caller's answer is decided and
-            // never delays it.
-            if let Some(job) = result.as_mut().ok().and_then(|o| o.shadow.take()) {
-                let st = state.clone();
-                let shadow_inputs = tensors.clone();
-                let segment = segment_for_profile.clone();
-                tokio::task::spawn_blocking(move || shadow(&st, job, &shadow_inputs, segment));
-            }
+            let shadow_job = result.as_mut().ok().and_then(|o| o.shadow.take());
             profile(
                 &state,
                 &name,
                 &tensors,
                 &result,
                 started.elapsed(),
-                segment_for_profile,
+                segment_for_profile.clone(),
             );
+            // The shadow run starts once the caller's answer is decided and
+            // never delays it; it takes the request's tensors (profiled above).
+            if let Some(job) = shadow_job {
+                let st = state.clone();
+                tokio::task::spawn_blocking(move || {
+                    shadow(&st, job, &tensors, segment_for_profile)
+                });
+            }
             finish(&state, id, &name, result)
         }
     };
