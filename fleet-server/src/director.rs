@@ -79,6 +79,12 @@ impl Director {
         Ok(next)
     }
 
+    /// Signs a directive whose sequence the caller allocated with
+    /// [`Director::next_sequence`] (the rollout controller journals it first).
+    pub fn sign(&self, directive: &Directive) -> Result<Signed<Directive>, KeyError> {
+        sign_directive(&self.key, directive)
+    }
+
     /// Issues a signed directive valid for `ttl_secs` from `now`.
     pub fn issue(
         &self,

@@ -59,6 +59,23 @@ enum Command {
     /// The hash-chained audit log.
     #[command(subcommand)]
     Audit(cli::audit::AuditCommand),
+    /// Fleet drift of one version: its devices' telemetry against the
+    /// reference profile, per feature, output and device class.
+    Drift(cli::drift::DriftArgs),
+    /// Alerts firing on the server; acknowledge one to stop its escalation.
+    #[command(subcommand)]
+    Alerts(cli::alerts::AlertsCommand),
+    /// Canary rollouts: start, watch, pause, resume, abort.
+    #[command(subcommand)]
+    Rollout(cli::rollout::RolloutCommand),
+    /// Walk a signed canary rollout end to end on this machine: a server
+    /// with an embedded broker, a handful of agents serving the bundled
+    /// int8 digits model, a good version promoted and a bad one halted and
+    /// rolled back.
+    Demo(cli::demo::DemoArgs),
+    /// The device agent (as `outpost-agent run`), for `outpost demo`.
+    #[command(subcommand, hide = true)]
+    Agent(cli::agent::AgentCommand),
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -76,6 +93,11 @@ fn main() -> ExitCode {
         Command::Tokens(cmd) => cli::tokens::run(cmd, cli.json, &conn),
         Command::Devices(cmd) => cli::devices::run(cmd, cli.json, &conn),
         Command::Audit(cmd) => cli::audit::run(cmd, cli.json, &conn),
+        Command::Drift(args) => cli::drift::run(args, cli.json, &conn),
+        Command::Alerts(cmd) => cli::alerts::run(cmd, cli.json, &conn),
+        Command::Rollout(cmd) => cli::rollout::run(cmd, cli.json, &conn),
+        Command::Demo(args) => cli::demo::run(args),
+        Command::Agent(cmd) => cli::agent::run(cmd),
         Command::Completions { shell } => {
             clap_complete::generate(
                 shell,

@@ -8,13 +8,18 @@
 //! current state (409: a lifecycle move not allowed, other bytes under the
 //! same version); 6 the server cannot be reached.
 
+pub(crate) mod agent;
+pub(crate) mod alerts;
 pub(crate) mod audit;
 pub(crate) mod client;
+pub(crate) mod demo;
 pub(crate) mod devices;
+pub(crate) mod drift;
 pub(crate) mod keys;
 pub(crate) mod model;
 pub(crate) mod pack;
 pub(crate) mod registry;
+pub(crate) mod rollout;
 pub(crate) mod serve;
 pub(crate) mod sign;
 pub(crate) mod tokens;
@@ -127,4 +132,18 @@ impl Conn {
     pub(crate) fn client(&self) -> client::Client {
         client::Client::new(self.server.as_deref(), self.token.as_deref())
     }
+}
+
+/// Resolves when standard input reaches its end (the parent that holds
+/// its write end exited, however it died).
+pub(crate) async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }

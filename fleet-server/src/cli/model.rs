@@ -85,6 +85,19 @@ pub(crate) enum ModelCommand {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Deploy an approved version to every device (of a group) at once,
+    /// without probation: a fleet's first install. Later versions go out
+    /// with `outpost rollout start` (role operator).
+    Deploy {
+        #[command(flatten)]
+        v: super::registry::VersionArgs,
+        /// Only devices in this inventory group.
+        #[arg(long)]
+        group: Option<String>,
+        /// Deploy even though another version is deployed (skips the canary).
+        #[arg(long)]
+        force: bool,
+    },
     /// Deprecate a version (role operator).
     Deprecate {
         #[command(flatten)]
@@ -198,6 +211,9 @@ pub(crate) fn run(cmd: ModelCommand, json: bool, conn: &super::Conn) -> Result<(
         }
         ModelCommand::Deprecate { v, reason } => {
             reg::transition(&conn.client(), &v, "deprecated", reason, json)
+        }
+        ModelCommand::Deploy { v, group, force } => {
+            reg::deploy(&conn.client(), &v, group, force, json)
         }
         ModelCommand::Retire { v, reason } => {
             reg::transition(&conn.client(), &v, "retired", reason, json)

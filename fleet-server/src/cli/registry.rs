@@ -327,6 +327,31 @@ pub(crate) fn reject(
     })
 }
 
+pub(crate) fn deploy(
+    client: &Client,
+    v: &VersionArgs,
+    group: Option<String>,
+    force: bool,
+    json_out: bool,
+) -> Result<()> {
+    let x = client.post(
+        &format!("{}/deploy", vpath(v)),
+        &json!({"group": group, "force": force}),
+    )?;
+    emit(json_out, &x, || {
+        let sent = x["directives"].as_array().map_or(0, Vec::len);
+        println!(
+            "{} {}: {}; deploy directives sent to {sent} device(s)",
+            v.name,
+            v.version,
+            cell(&x["status"])
+        );
+        for n in x["notes"].as_array().into_iter().flatten() {
+            println!("  note: {}", cell(n));
+        }
+    })
+}
+
 pub(crate) fn transition(
     client: &Client,
     v: &VersionArgs,

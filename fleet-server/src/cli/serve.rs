@@ -10,6 +10,7 @@ use outpost_fleet::server::{self, MqttMode, ServeConfig, ServeError};
 use serde::Deserialize;
 
 use super::invalid;
+use outpost_fleet::rollout::{Calendar, RolloutConfig};
 
 #[derive(Debug, clap::Args)]
 #[command(
@@ -79,6 +80,29 @@ pub(crate) struct ServeArgs {
     /// Create the first admin token (if the store has none) and write it here.
     #[arg(long)]
     init_admin_token_file: Option<PathBuf>,
+    /// Alert rules and sinks (TOML: `[[sink]] name kind=webhook|mqtt|log
+    /// url|topic`, `[[rule]] name sink condition={kind=…} escalate={after,
+    /// sink}`); see `GET /v1/alerts` and `outpost alerts`.
+    #[arg(long)]
+    alerts: Option<PathBuf>,
+    /// Seconds between the alert observations of the fleet (devices
+    /// offline; drift and completeness of live versions) [default: 30].
+    #[arg(long)]
+    alerts_every: Option<u64>,
+    /// How often a running rollout's gates are evaluated, in seconds
+    /// [default: 300]. Each look spends some of a fixed-sample gate's α.
+    #[arg(long)]
+    rollout_evaluate_every: Option<u64>,
+    /// Change windows and freezes (TOML: `[[change_windows]] days = ["mon",
+    /// …] start_secs = … end_secs = …` in UTC seconds of the day, `[[freezes]]
+    /// start = UNIX end = UNIX reason = "…"`): no rollout stage starts or
+    /// advances outside a window or inside a freeze.
+    #[arg(long)]
+    calendar: Option<PathBuf>,
+    /// Stop when standard input closes (a parent such as `outpost demo`
+    /// went away, even by SIGKILL).
+    #[arg(long, hide = true)]
+    exit_on_stdin_eof: bool,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -102,6 +126,11 @@ struct ConfigFile {
     retire_after_days: Option<u64>,
     retire_on_decay: Option<f64>,
     init_admin_token_file: Option<PathBuf>,
+    alerts: Option<PathBuf>,
+    alerts_every: Option<u64>,
+    rollout_evaluate_every: Option<u64>,
+    /// Inline in the file: `[calendar]` with `change_windows` and `freezes`.
+    calendar: Option<Calendar>,
 }
 
 /// Paths in the file are relative to the file's folder.
@@ -127,6 +156,7 @@ fn config(a: ServeArgs) -> Result<ServeConfig> {
                 director_key: rel(base, f.director_key),
                 root: rel(base, f.root),
                 init_admin_token_file: rel(base, f.init_admin_token_file),
+                alerts: rel(base, f.alerts),
                 ..f
             }
         }
@@ -158,7 +188,39 @@ fn config(a: ServeArgs) -> Result<ServeConfig> {
             "--eval-tolerance {tolerance} must be a number ≥ 0"
         )));
     }
+    let calendar = match &a.calendar {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))
+                .map_err(invalid)?;
+            toml::from_str::<Calendar>(&text)
+                .with_context(|| format!("{}", path.display()))
+                .map_err(invalid)?
+        }
+        None => file.calendar.clone().unwrap_or_default(),
+    };
+    let evaluate_every = a
+        .rollout_evaluate_every
+        .or(file.rollout_evaluate_every)
+        .unwrap_or(RolloutConfig::default().evaluate_every_secs);
+    if evaluate_every == 0 {
+        return Err(invalid(anyhow::anyhow!(
+            "--rollout-evaluate-every must be at least 1 second"
+        )));
+    }
+    let rollout = RolloutConfig {
+        calendar,
+        evaluate_every_secs: evaluate_every,
+        ..RolloutConfig::default()
+    };
+    let alerts_every_secs = a.alerts_every.or(file.alerts_every).unwrap_or(30);
+    if alerts_every_secs == 0 {
+        return Err(invalid(anyhow::anyhow!(
+            "--alerts-every must be at least 1 second"
+        )));
+    }
     Ok(ServeConfig {
+        rollout,
         data_dir: a
             .data_dir
             .or(file.data_dir)
@@ -188,10 +250,12 @@ fn config(a: ServeArgs) -> Result<ServeConfig> {
         },
         eval_tolerance: tolerance,
         init_admin_token_file: a.init_admin_token_file.or(file.init_admin_token_file),
+        alerts: a.alerts.or(file.alerts),
+        alerts_every_secs,
     })
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -214,6 +278,7 @@ async fn shutdown_signal() {
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
+    let stdin_eof = args.exit_on_stdin_eof;
     let config = config(args)?;
     // rumqttd logs every aborted connection (port probes, health checks)
     // as an error: quiet by default, RUST_LOG=rumqttd=warn to see it.
@@ -237,7 +302,16 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
                 eprintln!("first admin token written to {}", p.display());
             }
         },
-        shutdown_signal(),
+        async move {
+            if stdin_eof {
+                tokio::select! {
+                    _ = shutdown_signal() => {}
+                    _ = super::stdin_closed() => {}
+                }
+            } else {
+                shutdown_signal().await;
+            }
+        },
     ))
     .map_err(|e| match e {
         ServeError::PortTaken { .. } | ServeError::Config(_) | ServeError::File { .. } => {

@@ -427,8 +427,13 @@ mod number {
         })
     }
 
+    /// `null` (how a plan inside a JSON snapshot writes an absent number)
+    /// is `None`.
     pub(super) fn option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-        float(d).map(Some)
+        Ok(Option::<Raw>::deserialize(d)?.map(|r| match r {
+            Raw::Int(i) => i as f64,
+            Raw::Float(f) => f,
+        }))
     }
 }
 

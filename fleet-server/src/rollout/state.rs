@@ -228,7 +228,42 @@ impl PlannedDirective {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Baseline {
     pub stage: u32,
+    #[serde(with = "profile_text")]
     pub profile: Profile,
+}
+
+/// A profile inside a JSON snapshot: its postcard encoding (with the wire
+/// version byte) in base64. JSON cannot hold it as is: the confusion
+/// matrix is a map keyed by (truth, prediction) pairs. Binary formats get
+/// the profile itself.
+mod profile_text {
+    use base64::Engine;
+    use outpost_telemetry::Profile;
+    use serde::de::Error as _;
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    /// Largest encoded baseline accepted back.
+    const LIMIT: usize = 64 << 20;
+
+    pub(super) fn serialize<S: Serializer>(p: &Profile, s: S) -> Result<S::Ok, S::Error> {
+        if !s.is_human_readable() {
+            return p.serialize(s);
+        }
+        let bytes = outpost_protocol::codec::encode(p).map_err(S::Error::custom)?;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Profile, D::Error> {
+        if !d.is_human_readable() {
+            return Profile::deserialize(d);
+        }
+        let text = String::deserialize(d)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map_err(D::Error::custom)?;
+        outpost_protocol::codec::decode(&bytes, LIMIT).map_err(D::Error::custom)
+    }
 }
 
 /// How a stage ended.
@@ -270,3 +305,4 @@ pub struct Snapshot {
 impl Snapshot {
     pub const FORMAT: u32 = 1;
 }
+

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
 use serde_json::{Value, json};
 
-use super::{App, api};
+use super::{App, api, rollouts};
 use crate::auth::{self, Permission, Role, TokenRecord};
 use crate::store::StoreError;
 
@@ -164,6 +164,19 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/v1/devices/{id}", get(api::show_device))
         .route("/v1/devices/{id}/labels", post(api::label_device))
         .route("/v1/telemetry/windows", get(api::telemetry_windows))
+        .route(
+            "/v1/rollouts",
+            get(rollouts::list_rollouts).post(rollouts::start_rollout),
+        )
+        .route("/v1/rollouts/{id}", get(rollouts::show_rollout))
+        .route("/v1/rollouts/{id}/{command}", post(rollouts::operate_rollout))
+        .route("/v1/models/{name}/{version}/deploy", post(rollouts::deploy))
+        .route(
+            "/v1/drift/{name}/{version}",
+            get(super::drift_api::fleet_drift_report),
+        )
+        .route("/v1/alerts", get(super::alerting::list_alerts))
+        .route("/v1/alerts/ack", post(super::alerting::ack_alert))
         .route("/v1/audit", get(api::audit_list))
         .route("/v1/audit/verify", get(api::audit_verify))
         .layer(DefaultBodyLimit::max(MAX_BODY))

@@ -22,6 +22,13 @@ pub(crate) struct StatusLabels {
     pub(crate) status: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SinkLabels {
+    pub(crate) sink: String,
+    /// `sent`, `failed` or `dropped` (the sink's queue was full).
+    pub(crate) result: String,
+}
+
 /// The server's metrics.
 #[derive(Debug)]
 pub(crate) struct Metrics {
@@ -40,6 +47,10 @@ pub(crate) struct Metrics {
     pub(crate) directives: Counter,
     pub(crate) devices_online: Gauge,
     pub(crate) devices_known: Gauge,
+    /// Alert notifications by sink and result.
+    pub(crate) alert_notifications: Family<SinkLabels, Counter>,
+    /// Alerts firing now (acknowledged or not).
+    pub(crate) alerts_firing: Gauge,
 }
 
 impl Metrics {
@@ -54,6 +65,8 @@ impl Metrics {
             directives: Counter::default(),
             devices_online: Gauge::default(),
             devices_known: Gauge::default(),
+            alert_notifications: Family::default(),
+            alerts_firing: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -95,6 +108,16 @@ impl Metrics {
             "devices_known",
             "Devices in the inventory",
             m.devices_known.clone(),
+        );
+        registry.register(
+            "alert_notifications",
+            "Alert notifications, by sink and result (sent, failed, dropped)",
+            m.alert_notifications.clone(),
+        );
+        registry.register(
+            "alerts_firing",
+            "Alerts firing now",
+            m.alerts_firing.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -7,13 +7,17 @@
 //!  (embedded rumqttd, or an external broker by URL)
 //! ```
 
+mod alerting;
 mod api;
 mod broker;
+mod drift_api;
+mod evidence;
 mod http;
 mod metrics;
 mod models;
 pub mod mqtt;
 mod openapi;
+mod rollouts;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -66,9 +70,18 @@ pub struct ServeConfig {
     pub retirement: RetirementPolicy,
     /// Largest |claimed − measured| tolerated for an eval metric.
     pub eval_tolerance: f64,
+    /// The rollout controller's settings: change calendar (windows and
+    /// freezes), evaluation cadence, directive expiry.
+    pub rollout: crate::rollout::RolloutConfig,
     /// On first start (no tokens yet): create an admin token and write it
     /// here (mode 0600).
     pub init_admin_token_file: Option<PathBuf>,
+    /// The alert rules and sinks (TOML, see the `alerting` module docs);
+    /// without it the engine runs with no rules.
+    pub alerts: Option<PathBuf>,
+    /// Seconds between the alert observations of the fleet (devices
+    /// offline, drift and completeness of live versions).
+    pub alerts_every_secs: u64,
 }
 
 /// Why the server did not start.
@@ -114,12 +127,15 @@ pub(crate) struct App {
     pub(crate) registry_lock: tokio::sync::Mutex<()>,
     pub(crate) devices_lock: std::sync::Mutex<()>,
     pub(crate) director: Option<Director>,
+    pub(crate) rollouts: rollouts::RolloutsHandle,
     pub(crate) root: Option<Vec<u8>>,
     pub(crate) config: ServeConfig,
     pub(crate) public_url: String,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) mqtt: mqtt::MqttHandle,
     pub(crate) uploads: PathBuf,
+    /// Alert observations and acknowledgements go to the alerting task.
+    pub(crate) alerting: alerting::AlertingHandle,
 }
 
 /// Opens the store in `data_dir` (`store/` inside it).
@@ -174,6 +190,11 @@ pub async fn run(
     on_listening: impl FnOnce(&Listening),
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // The alert rules first: a bad file is reported before anything opens.
+    let alerts_config = match &config.alerts {
+        Some(path) => alerting::AlertsConfig::load(path)?,
+        None => alerting::AlertsConfig::default(),
+    };
     let store: Arc<dyn Store> = Arc::new(open_store(&config.data_dir)?);
     let now = crate::clock::now_unix();
     let mut admin_token_file = None;
@@ -236,7 +257,10 @@ pub async fn run(
     let (mqtt_opts, mqtt_shown) = mqtt::options(&config.mqtt, broker_addr)?;
     let shared = matches!(config.mqtt, MqttMode::External { .. });
     let (handle, eventloop) = mqtt::connect(mqtt_opts, &config.topic_prefix, shared);
+    let (alerting_handle, alerting_inbox) = alerting::AlertingHandle::new(&alerts_config);
+    let (rollouts_handle, rollouts_rx) = rollouts::RolloutsHandle::new();
     let app = Arc::new(App {
+        rollouts: rollouts_handle,
         audit: AuditLog::new(store.clone()),
         store,
         registry_lock: tokio::sync::Mutex::new(()),
@@ -248,9 +272,23 @@ pub async fn run(
         mqtt: handle,
         uploads,
         config,
+        alerting: alerting_handle,
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let alerting_task = tokio::spawn(alerting::run(
+        app.clone(),
+        alerts_config,
+        alerting_inbox,
+        std::time::Duration::from_secs(app.config.alerts_every_secs.max(1)),
+        stop_rx.clone(),
+    ));
     let mqtt_task = tokio::spawn(mqtt::drive(app.clone(), eventloop, stop_rx.clone()));
+    let rollout_task = tokio::spawn(rollouts::run(
+        app.clone(),
+        app.config.rollout.clone(),
+        rollouts_rx,
+        stop_rx.clone(),
+    ));
     on_listening(&Listening {
         http: http_addr,
         mqtt: mqtt_shown,
@@ -267,6 +305,8 @@ pub async fn run(
     });
     let result = server.await;
     let _ = mqtt_task.await;
+    let _ = alerting_task.await;
+    let _ = rollout_task.await;
     app.store.flush()?;
     result.map_err(ServeError::Io)
 }

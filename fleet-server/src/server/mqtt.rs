@@ -69,6 +69,15 @@ impl MqttHandle {
             .await
             .map_err(|e| e.to_string())
     }
+
+    /// Publishes a JSON document on `topic` (QoS 1, not retained): alert
+    /// notifications to an MQTT sink.
+    pub(crate) async fn publish_json(&self, topic: &str, payload: Vec<u8>) -> Result<(), String> {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 fn read_err(what: &str, p: &Path, e: &dyn std::fmt::Display) -> ServeError {
@@ -308,17 +317,33 @@ fn apply(
     now: u64,
 ) -> Result<(), crate::store::StoreError> {
     if let DeviceMessage::Telemetry(w) = msg {
-        let stored = app.store.put_window(&WindowRecord {
+        let record = WindowRecord {
             device: id.clone(),
             received_at: now,
             window: w.clone(),
-        })?;
+        };
+        let stored = app.store.put_window(&record)?;
+        // Stored first: after a restart the controller replays from the store.
+        if let Some(profile) = super::evidence::window_profile(&record) {
+            app.rollouts
+                .send(super::rollouts::Input::Window(Box::new(profile)));
+        }
         app.metrics
             .windows
             .get_or_create(&StatusLabels {
                 status: if stored { "stored" } else { "duplicate" }.into(),
             })
             .inc();
+    }
+    match msg {
+        DeviceMessage::Event(e) => app.rollouts.send(super::rollouts::Input::Event(
+            id.clone(),
+            Box::new(e.kind.clone()),
+        )),
+        DeviceMessage::State(s) => app
+            .rollouts
+            .send(super::rollouts::Input::State(id.clone(), Box::new(s.clone()))),
+        _ => {}
     }
     let _guard = app.devices_lock.lock().unwrap_or_else(|p| p.into_inner());
     let current = app.store.get_device(id.as_str())?;

@@ -149,6 +149,36 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "Stored telemetry windows (?model, ?version, ?device, ?from, ?to)",
     ),
     (
+        "post",
+        "/v1/models/{name}/{version}/deploy",
+        "operator",
+        "Deploy an approved version to every device (of {group?}) without probation: a fleet's first install ({force?} past a deployed version)",
+    ),
+    (
+        "get",
+        "/v1/rollouts",
+        "viewer",
+        "List rollouts with their state and stage",
+    ),
+    (
+        "post",
+        "/v1/rollouts",
+        "operator",
+        "Start a canary rollout {model, version, plan (TOML), group?, id?}",
+    ),
+    (
+        "get",
+        "/v1/rollouts/{id}",
+        "viewer",
+        "A rollout's state, cohorts, gate verdicts with statistics and error bounds, directives, timeline",
+    ),
+    (
+        "post",
+        "/v1/rollouts/{id}/{command}",
+        "operator",
+        "Operator command: pause, resume or abort",
+    ),
+    (
         "get",
         "/v1/audit",
         "viewer",
@@ -159,6 +189,26 @@ pub const OPERATIONS: &[(&str, &str, &str, &str)] = &[
         "/v1/audit/verify",
         "viewer",
         "Verify the audit hash chain",
+    ),
+    (
+        "get",
+        "/v1/drift/{name}/{version}",
+        "viewer",
+        "Fleet drift of a version: PSI/KS per feature and output, completeness, per-class \
+         view (?group, ?since, ?until: Unix seconds or a duration ago such as 1h; 422 when \
+         there is no reference or the windows do not merge)",
+    ),
+    (
+        "get",
+        "/v1/alerts",
+        "viewer",
+        "Alerts firing now (acknowledged or not), the rules and the sinks",
+    ),
+    (
+        "post",
+        "/v1/alerts/ack",
+        "operator",
+        "Acknowledge a firing alert {rule, subject}: its escalation stops (404 if not firing)",
     ),
 ];
 

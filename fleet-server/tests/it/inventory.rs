@@ -18,19 +18,19 @@ use serde_json::Value;
 
 use crate::support::*;
 
-enum Seen {
+pub enum Seen {
     SubAck,
     Publish(String, Vec<u8>),
 }
 
 /// A device-side MQTT client.
-struct Device {
+pub struct Device {
     client: Client,
     rx: mpsc::Receiver<Seen>,
 }
 
 impl Device {
-    fn connect(port: u16, id: &str) -> Device {
+    pub fn connect(port: u16, id: &str) -> Device {
         let mut o = MqttOptions::new(
             format!("test-{id}-{}", std::process::id()),
             "127.0.0.1",
@@ -61,7 +61,7 @@ impl Device {
         Device { client, rx }
     }
 
-    fn publish(&self, id: &str, kind: &str, payload: Vec<u8>) {
+    pub fn publish(&self, id: &str, kind: &str, payload: Vec<u8>) {
         self.client
             .publish(
                 format!("outpost/v1/devices/{id}/{kind}"),
@@ -72,7 +72,7 @@ impl Device {
             .unwrap();
     }
 
-    fn send(&self, id: &str, msg: DeviceMessage) {
+    pub fn send(&self, id: &str, msg: DeviceMessage) {
         self.publish(
             id,
             msg.kind().as_str(),
@@ -80,7 +80,7 @@ impl Device {
         );
     }
 
-    fn subscribe(&self, topic: &str) {
+    pub fn subscribe(&self, topic: &str) {
         self.client.subscribe(topic, QoS::AtLeastOnce).unwrap();
         wait_for("suback", T, || {
             match self.rx.recv_timeout(Duration::from_millis(50)) {
@@ -90,7 +90,7 @@ impl Device {
         });
     }
 
-    fn next_publish(&self) -> (String, Vec<u8>) {
+    pub fn next_publish(&self) -> (String, Vec<u8>) {
         wait_for("a publish", T, || {
             match self.rx.recv_timeout(Duration::from_millis(50)) {
                 Ok(Seen::Publish(t, p)) => Some((t, p)),
@@ -100,7 +100,7 @@ impl Device {
     }
 }
 
-fn model_ref(version: &str, sha: Sha256) -> ModelRef {
+pub fn model_ref(version: &str, sha: Sha256) -> ModelRef {
     ModelRef {
         name: "digits".into(),
         version: version.into(),
@@ -108,7 +108,7 @@ fn model_ref(version: &str, sha: Sha256) -> ModelRef {
     }
 }
 
-fn birth(session: u64, sha: Sha256) -> DeviceMessage {
+pub fn birth(session: u64, sha: Sha256) -> DeviceMessage {
     DeviceMessage::Birth(Birth {
         session,
         at: 1,
@@ -124,7 +124,7 @@ fn birth(session: u64, sha: Sha256) -> DeviceMessage {
     })
 }
 
-fn state(session: u64, sha: Sha256) -> DeviceMessage {
+pub fn state(session: u64, sha: Sha256) -> DeviceMessage {
     DeviceMessage::State(ReportedState {
         session,
         at: 2,

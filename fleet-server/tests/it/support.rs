@@ -201,6 +201,14 @@ impl Server {
         v["token"].as_str().unwrap().to_owned()
     }
 
+    /// Kills it with SIGKILL (no flush, no goodbye) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Stops it with SIGTERM (it flushes its store) and waits.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

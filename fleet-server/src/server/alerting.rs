@@ -1,0 +1,1103 @@
+//! The alerting shell around the sans-IO [`Alerts`] core: one task owns
+//! the engine, is fed observations (the fleet tick below, the rollout
+//! controller through [`AlertingHandle::observe`]) and acknowledgements
+//! from the API, escalates on a timer at [`Alerts::poll_timeout`], and
+//! delivers each [`AlertAction::Notify`] to its sink.
+//!
+//! ```text
+//!  fleet tick (every --alerts-every s) ─┐
+//!  rollout controller (observe) ────────┼─▶ channel ─▶ task: Alerts ─▶ sinks (webhook · MQTT · log)
+//!  API (POST /v1/alerts/ack) ───────────┘       ▲ timer    └─▶ alerts/firing (store) · view (GET /v1/alerts)
+//! ```
+//!
+//! # The `--alerts` file (TOML)
+//!
+//! ```toml
+//! # A webhook: HTTP POST of {"kind": "firing"|"escalated"|"resolved", "alert": {…}}.
+//! [[sink]]
+//! name = "ops"
+//! kind = "webhook"
+//! url = "https://hooks.example.com/outpost"
+//! timeout = "5s"            # optional, default 5 s
+//!
+//! # The same JSON published (QoS 1) on a topic through the server's MQTT client.
+//! [[sink]]
+//! name = "pager"
+//! kind = "mqtt"
+//! topic = "ops/alerts"
+//!
+//! # A warning in the server's log.
+//! [[sink]]
+//! name = "console"
+//! kind = "log"
+//!
+//! [[rule]]
+//! name = "fleet-offline"
+//! sink = "ops"
+//! condition = { kind = "devices_offline", max = 0 }
+//! escalate = { after = "10m", sink = "pager" }   # optional; seconds or 90s, 10m, 1h, 2d
+//!
+//! [[rule]]
+//! name = "digits-drift"
+//! sink = "ops"
+//! condition = { kind = "drift", model = "digits", psi = 0.2 }
+//! ```
+//!
+//! Conditions ([`Condition`]): `metric_above`/`metric_below` `{metric,
+//! threshold}`, `drift {model, psi}`, `completeness {model, min_rate}`,
+//! `devices_offline {max}`, `rollout_halted`, `rollout_paused`. Sink and
+//! rule names are unique; every sink a rule or escalation names must
+//! exist: anything else is a configuration error at start (exit 2).
+//!
+//! # Observations
+//!
+//! Every `--alerts-every` seconds (default 30), only for what some rule
+//! watches: the number of devices offline in the inventory; for each model
+//! a `drift` or `completeness` rule names, the fleet drift report of each of
+//! its canary and deployed versions over the last hour's windows, combined
+//! per column over those versions (the largest PSI, drift if any version
+//! drifts, the lowest complete share) with subject `model/column`. A column
+//! whose PSI is not decisive (too little data, degenerate) gives no drift
+//! observation, so an alert neither fires nor resolves on no evidence.
+//! The rollout controller reports halts, pauses and resumptions itself.
+//!
+//! # Persistence
+//!
+//! The firing alerts are stored as JSON under `alerts/firing` after every
+//! change. After a restart they are listed (and may be acknowledged) as
+//! before; the first observation that concerns one either fires it again
+//! in the engine (it takes the place of the stored one, keeps its
+//! acknowledgement, and is not notified twice) or resolves it (a
+//! `resolved` notification). Design: the core has no restore input, so an
+//! alert that fires again gets a new `since` and, unacknowledged, its
+//! escalation period starts over.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::drift_api::{Selection, parse_duration, version_drift};
+use super::http::{ApiError, ApiResult, authorize};
+use super::metrics::SinkLabels;
+use super::{App, ServeError};
+use crate::alerts::{
+    Alert, AlertAction, AlertError, AlertId, Alerts, Condition, Escalation, NotifyKind,
+    Observation, Rule,
+};
+use crate::auth::Permission;
+use crate::clock::now_unix;
+use crate::registry::Status;
+use crate::store::Store;
+
+/// Where the firing alerts are persisted (the store's generic state).
+const STATE_KEY: &str = "alerts/firing";
+/// Webhook timeout when the sink names none, and the MQTT publish timeout.
+const DEFAULT_TIMEOUT_SECS: u64 = 5;
+/// Notifications waiting per sink; more are dropped (and counted).
+const SINK_QUEUE: usize = 256;
+/// The drift observations look at this much of the recent past.
+const DRIFT_LOOKBACK_SECS: u64 = 3_600;
+
+// ---- the file -----------------------------------------------------------------
+
+/// A duration in the file: seconds, or text such as `90s`, `10m`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span(pub(crate) u64);
+
+impl<'de> Deserialize<'de> for Span {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Span;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("seconds, or a duration such as \"90s\", \"10m\", \"1h\", \"2d\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Span, E> {
+                Ok(Span(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Span, E> {
+                u64::try_from(v)
+                    .map(Span)
+                    .map_err(|_| E::custom("a duration cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Span, E> {
+                parse_duration(v).map(Span).ok_or_else(|| {
+                    E::custom(format!("{v:?}: expected a duration such as 90s, 10m, 1h, 2d"))
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+/// A place notifications go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub(crate) enum SinkConfig {
+    /// HTTP POST of the notification as JSON; any answer but 2xx, or none
+    /// within `timeout`, is a failed delivery.
+    Webhook {
+        name: String,
+        url: String,
+        #[serde(default)]
+        timeout: Option<Span>,
+    },
+    /// Publish the notification as JSON on `topic` (QoS 1).
+    Mqtt { name: String, topic: String },
+    /// A warning in the server's log.
+    Log { name: String },
+}
+
+impl SinkConfig {
+    pub(crate) fn name(&self) -> &str {
+        match self {
+            SinkConfig::Webhook { name, .. }
+            | SinkConfig::Mqtt { name, .. }
+            | SinkConfig::Log { name } => name,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Webhook { .. } => "webhook",
+            SinkConfig::Mqtt { .. } => "mqtt",
+            SinkConfig::Log { .. } => "log",
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EscalateConfig {
+    after: Span,
+    sink: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleConfig {
+    name: String,
+    sink: String,
+    condition: Condition,
+    #[serde(default)]
+    escalate: Option<EscalateConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    #[serde(default)]
+    sink: Vec<SinkConfig>,
+    #[serde(default)]
+    rule: Vec<RuleConfig>,
+}
+
+/// Rules and sinks, checked. The default has none: observations are
+/// accepted and nothing fires.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct AlertsConfig {
+    pub(crate) sinks: Vec<SinkConfig>,
+    pub(crate) rules: Vec<Rule>,
+}
+
+fn check_condition(rule: &str, c: &Condition) -> Result<(), String> {
+    let bad = |what: &str| Err(format!("rule {rule:?}: {what}"));
+    match c {
+        Condition::MetricAbove { metric, threshold } | Condition::MetricBelow { metric, threshold } => {
+            if metric.is_empty() {
+                return bad("the metric name is empty");
+            }
+            if !threshold.is_finite() {
+                return bad("threshold must be a finite number");
+            }
+        }
+        Condition::Drift { model, psi } => {
+            if model.is_empty() {
+                return bad("the model name is empty");
+            }
+            if !(psi.is_finite() && *psi >= 0.0) {
+                return bad("psi must be a number ≥ 0");
+            }
+        }
+        Condition::Completeness { model, min_rate } => {
+            if model.is_empty() {
+                return bad("the model name is empty");
+            }
+            if !(0.0..=1.0).contains(min_rate) {
+                return bad("min_rate must be between 0 and 1");
+            }
+        }
+        Condition::DevicesOffline { .. } | Condition::RolloutHalted | Condition::RolloutPaused => {}
+    }
+    Ok(())
+}
+
+impl AlertsConfig {
+    /// Parses and checks the file's text.
+    pub(crate) fn parse(text: &str) -> Result<AlertsConfig, String> {
+        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let mut names = BTreeSet::new();
+        for s in &file.sink {
+            let name = s.name();
+            if name.is_empty() {
+                return Err("a sink has an empty name".into());
+            }
+            if !names.insert(name.to_owned()) {
+                return Err(format!("sink {name:?} is defined twice"));
+            }
+            match s {
+                SinkConfig::Webhook { url, timeout, .. } => {
+                    if !(url.starts_with("http://") || url.starts_with("https://")) {
+                        return Err(format!(
+                            "sink {name:?}: url {url:?} must start with http:// or https://"
+                        ));
+                    }
+                    if timeout.is_some_and(|t| t.0 == 0) {
+                        return Err(format!("sink {name:?}: timeout must be at least 1 s"));
+                    }
+                }
+                SinkConfig::Mqtt { topic, .. } => {
+                    if topic.is_empty()
+                        || topic.starts_with('$')
+                        || topic.contains(['+', '#', '\0'])
+                    {
+                        return Err(format!(
+                            "sink {name:?}: topic {topic:?} must be a non-empty topic name \
+                             without wildcards (+, #) or a leading $"
+                        ));
+                    }
+                }
+                SinkConfig::Log { .. } => {}
+            }
+        }
+        let mut rule_names = BTreeSet::new();
+        let mut rules = Vec::with_capacity(file.rule.len());
+        for r in file.rule {
+            if r.name.is_empty() {
+                return Err("a rule has an empty name".into());
+            }
+            if !rule_names.insert(r.name.clone()) {
+                return Err(format!("rule {:?} is defined twice", r.name));
+            }
+            let known = |sink: &str| {
+                if names.contains(sink) {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "rule {:?} names sink {sink:?}, which is not defined (sinks: {})",
+                        r.name,
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.iter().cloned().collect::<Vec<_>>().join(", ")
+                        }
+                    ))
+                }
+            };
+            known(&r.sink)?;
+            check_condition(&r.name, &r.condition)?;
+            let escalate = match r.escalate {
+                Some(e) => {
+                    known(&e.sink)?;
+                    if e.after.0 == 0 {
+                        return Err(format!(
+                            "rule {:?}: escalate.after must be at least 1 s",
+                            r.name
+                        ));
+                    }
+                    Some(Escalation {
+                        after_secs: e.after.0,
+                        sink: e.sink,
+                    })
+                }
+                None => None,
+            };
+            rules.push(Rule {
+                name: r.name,
+                condition: r.condition,
+                sink: r.sink,
+                escalate,
+            });
+        }
+        Ok(AlertsConfig {
+            sinks: file.sink,
+            rules,
+        })
+    }
+
+    /// Reads and checks the `--alerts` file.
+    pub(crate) fn load(path: &Path) -> Result<AlertsConfig, ServeError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ServeError::File {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        AlertsConfig::parse(&text)
+            .map_err(|e| ServeError::Config(format!("--alerts {}: {e}", path.display())))
+    }
+}
+
+// ---- the handle -----------------------------------------------------------------
+
+enum Input {
+    Observe(Observation),
+    Ack {
+        id: AlertId,
+        actor: String,
+        reply: oneshot::Sender<Result<Alert, AlertError>>,
+    },
+}
+
+/// What the API shows besides the alerts.
+#[derive(Debug, Serialize)]
+struct Info {
+    rules: Vec<Rule>,
+    /// Name and kind (never a URL: it may carry a secret).
+    sinks: Vec<(String, &'static str)>,
+}
+
+/// The handle the API and the rollout controller use; cheap to clone.
+#[derive(Debug, Clone)]
+pub(crate) struct AlertingHandle {
+    tx: mpsc::UnboundedSender<Input>,
+    view: Arc<Mutex<Vec<Alert>>>,
+    info: Arc<Info>,
+}
+
+impl std::fmt::Debug for Input {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Input::Observe(o) => f.debug_tuple("Observe").field(o).finish(),
+            Input::Ack { id, actor, .. } => f
+                .debug_struct("Ack")
+                .field("id", id)
+                .field("actor", actor)
+                .finish(),
+        }
+    }
+}
+
+/// The receiving end, for [`run`].
+#[derive(Debug)]
+pub(crate) struct Inbox {
+    rx: mpsc::UnboundedReceiver<Input>,
+    view: Arc<Mutex<Vec<Alert>>>,
+}
+
+/// Why an acknowledgement did not happen.
+#[derive(Debug)]
+pub(crate) enum AckRefused {
+    NotFiring(AlertId),
+    /// The alerting task has stopped (shutdown).
+    Stopped,
+}
+
+impl AlertingHandle {
+    pub(crate) fn new(config: &AlertsConfig) -> (AlertingHandle, Inbox) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let view: Arc<Mutex<Vec<Alert>>> = Arc::default();
+        let info = Info {
+            rules: config.rules.clone(),
+            sinks: config
+                .sinks
+                .iter()
+                .map(|s| (s.name().to_owned(), s.kind()))
+                .collect(),
+        };
+        (
+            AlertingHandle {
+                tx,
+                view: view.clone(),
+                info: Arc::new(info),
+            },
+            Inbox { rx, view },
+        )
+    }
+
+    /// Feeds an observation to the rules (never blocks).
+    pub(crate) fn observe(&self, obs: Observation) {
+        // The receiver lives as long as the server; after shutdown the
+        // observation has nobody to go to.
+        let _ = self.tx.send(Input::Observe(obs));
+    }
+
+    /// Acknowledges a firing alert as `actor`; returns it.
+    pub(crate) async fn ack(&self, id: AlertId, actor: &str) -> Result<Alert, AckRefused> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Input::Ack {
+                id,
+                actor: actor.to_owned(),
+                reply,
+            })
+            .map_err(|_| AckRefused::Stopped)?;
+        match rx.await {
+            Ok(Ok(alert)) => Ok(alert),
+            Ok(Err(AlertError::NotFiring(id))) => Err(AckRefused::NotFiring(id)),
+            Err(_) => Err(AckRefused::Stopped),
+        }
+    }
+
+    /// The alerts firing now, in id order.
+    pub(crate) fn firing(&self) -> Vec<Alert> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+// ---- the task -------------------------------------------------------------------
+
+/// A sink as the task delivers to it.
+enum Sink {
+    /// A worker (webhook or MQTT) takes JSON bodies in order.
+    Queue(mpsc::Sender<Vec<u8>>),
+    Log,
+}
+
+struct Shell {
+    app: Arc<App>,
+    engine: Alerts,
+    rules: BTreeMap<String, Rule>,
+    /// Firing before the last restart and not yet seen by the engine.
+    carried: BTreeMap<AlertId, Alert>,
+    sinks: BTreeMap<String, Sink>,
+    view: Arc<Mutex<Vec<Alert>>>,
+    /// What `alerts/firing` holds.
+    persisted: Vec<Alert>,
+}
+
+fn count(app: &App, sink: &str, result: &str) {
+    app.metrics
+        .alert_notifications
+        .get_or_create(&SinkLabels {
+            sink: sink.to_owned(),
+            result: result.to_owned(),
+        })
+        .inc();
+}
+
+/// How long until Unix second `at` (a few ms late rather than early: the
+/// core compares whole seconds).
+fn until(at: u64) -> Duration {
+    let target = UNIX_EPOCH + Duration::from_secs(at);
+    target
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO)
+        + Duration::from_millis(20)
+}
+
+/// Runs the alerting task until `stop`.
+pub(crate) async fn run(
+    app: Arc<App>,
+    config: AlertsConfig,
+    inbox: Inbox,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Inbox { mut rx, view } = inbox;
+    let mut sinks = BTreeMap::new();
+    for s in &config.sinks {
+        let sink = match s {
+            SinkConfig::Webhook {
+                name, url, timeout, ..
+            } => {
+                let (tx, rx) = mpsc::channel(SINK_QUEUE);
+                let secs = timeout.map_or(DEFAULT_TIMEOUT_SECS, |t| t.0);
+                tokio::spawn(webhook_worker(
+                    app.clone(),
+                    name.clone(),
+                    url.clone(),
+                    Duration::from_secs(secs),
+                    rx,
+                ));
+                Sink::Queue(tx)
+            }
+            SinkConfig::Mqtt { name, topic } => {
+                let (tx, rx) = mpsc::channel(SINK_QUEUE);
+                tokio::spawn(mqtt_worker(app.clone(), name.clone(), topic.clone(), rx));
+                Sink::Queue(tx)
+            }
+            SinkConfig::Log { .. } => Sink::Log,
+        };
+        sinks.insert(s.name().to_owned(), sink);
+    }
+    let rules: BTreeMap<String, Rule> = config
+        .rules
+        .iter()
+        .map(|r| (r.name.clone(), r.clone()))
+        .collect();
+    let persisted = load_firing(app.store.as_ref());
+    let carried = persisted
+        .iter()
+        .filter(|a| {
+            let known = rules.contains_key(&a.id.rule);
+            if !known {
+                tracing::info!(alert = %a.id, "stored alert of a rule no longer configured: dropped");
+            }
+            known
+        })
+        .map(|a| (a.id.clone(), a.clone()))
+        .collect();
+    let mut shell = Shell {
+        engine: Alerts::new(config.rules.clone()),
+        app: app.clone(),
+        rules,
+        carried,
+        sinks,
+        view,
+        persisted,
+    };
+    shell.publish();
+    let ticker = tokio::spawn(tick(app, watched(&config.rules), every, stop.clone()));
+    loop {
+        let wake = shell.engine.poll_timeout().map(until);
+        let escalation = async move {
+            match wake {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // All cancellation-safe: a watch read, a channel receive, and a
+            // timer that is made anew from the core on every turn.
+            _ = stop.wait_for(|s| *s) => break,
+            input = rx.recv() => match input {
+                Some(input) => shell.handle(input),
+                None => break,
+            },
+            () = escalation => {
+                shell.engine.handle_timeout(now_unix());
+                shell.drain();
+            }
+        }
+        shell.publish();
+    }
+    let _ = ticker.await;
+}
+
+fn load_firing(store: &dyn Store) -> Vec<Alert> {
+    match store.get_state(STATE_KEY) {
+        Ok(Some(bytes)) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "stored alerts/firing does not decode: starting without it");
+            Vec::new()
+        }),
+        Ok(None) => Vec::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "reading alerts/firing");
+            Vec::new()
+        }
+    }
+}
+
+/// Whether `obs` is about the alert `subject` of a rule with `cond` (so it
+/// would fire or resolve it).
+fn concerns(cond: &Condition, subject: &str, obs: &Observation) -> bool {
+    match (cond, obs) {
+        (
+            Condition::MetricAbove { metric, .. } | Condition::MetricBelow { metric, .. },
+            Observation::Metric { name, .. },
+        ) => metric == name && subject == name,
+        (Condition::Drift { model, .. }, Observation::Drift { model: m, feature, .. })
+        | (
+            Condition::Completeness { model, .. },
+            Observation::Completeness {
+                model: m, feature, ..
+            },
+        ) => model == m && subject == format!("{m}/{feature}"),
+        (Condition::DevicesOffline { .. }, Observation::DevicesOffline { .. }) => true,
+        (
+            Condition::RolloutHalted | Condition::RolloutPaused,
+            Observation::RolloutRunning { rollout }
+            | Observation::RolloutHalted { rollout, .. }
+            | Observation::RolloutPaused { rollout, .. },
+        ) => subject == rollout,
+        _ => false,
+    }
+}
+
+impl Shell {
+    fn handle(&mut self, input: Input) {
+        let now = now_unix();
+        match input {
+            Input::Observe(obs) => {
+                self.engine.handle_observation(now, &obs);
+                self.drain();
+                self.resolve_carried(&obs);
+            }
+            Input::Ack { id, actor, reply } => {
+                let result = if let Some(c) = self.carried.get_mut(&id) {
+                    if c.acknowledged.is_none() {
+                        c.acknowledged = Some((now, actor));
+                    }
+                    Ok(c.clone())
+                } else {
+                    self.engine.handle_ack(now, &id, &actor).and_then(|()| {
+                        self.engine
+                            .firing()
+                            .find(|a| a.id == id)
+                            .cloned()
+                            .ok_or(AlertError::NotFiring(id))
+                    })
+                };
+                let _ = reply.send(result);
+            }
+        }
+    }
+
+    /// Delivers the core's notifications.
+    fn drain(&mut self) {
+        while let Some(AlertAction::Notify { sink, kind, alert }) = self.engine.poll_action() {
+            if kind == NotifyKind::Firing
+                && let Some(old) = self.carried.remove(&alert.id)
+            {
+                // Notified before the restart: the engine takes it over.
+                if let Some((at, actor)) = &old.acknowledged {
+                    let _ = self.engine.handle_ack(*at, &alert.id, actor);
+                }
+                tracing::info!(alert = %alert.id, "an alert from before the restart still fires");
+                continue;
+            }
+            self.deliver(&sink, kind, &alert);
+        }
+    }
+
+    /// Carried alerts `obs` concerns that the engine does not fire: the
+    /// condition holds again.
+    fn resolve_carried(&mut self, obs: &Observation) {
+        let gone: Vec<AlertId> = self
+            .carried
+            .keys()
+            .filter(|id| {
+                self.rules
+                    .get(&id.rule)
+                    .is_some_and(|r| concerns(&r.condition, &id.subject, obs))
+                    && !self.engine.firing().any(|a| a.id == **id)
+            })
+            .cloned()
+            .collect();
+        for id in gone {
+            let (Some(alert), Some(rule)) = (self.carried.remove(&id), self.rules.get(&id.rule))
+            else {
+                continue;
+            };
+            let (sink, escalation) = (
+                rule.sink.clone(),
+                rule.escalate.as_ref().map(|e| e.sink.clone()),
+            );
+            self.deliver(&sink, NotifyKind::Resolved, &alert);
+            if let (true, Some(e)) = (alert.escalated, escalation) {
+                self.deliver(&e, NotifyKind::Resolved, &alert);
+            }
+        }
+    }
+
+    fn deliver(&self, sink: &str, kind: NotifyKind, alert: &Alert) {
+        match self.sinks.get(sink) {
+            Some(Sink::Log) => {
+                tracing::warn!(sink, kind = ?kind, alert = %alert.id, "{}", alert.message);
+                count(&self.app, sink, "sent");
+            }
+            Some(Sink::Queue(tx)) => {
+                let body = match serde_json::to_vec(&json!({"kind": kind, "alert": alert})) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        tracing::warn!(sink, error = %e, "alert notification does not encode");
+                        count(&self.app, sink, "failed");
+                        return;
+                    }
+                };
+                if tx.try_send(body).is_err() {
+                    tracing::warn!(sink, alert = %alert.id, "alert sink queue full: notification dropped");
+                    count(&self.app, sink, "dropped");
+                }
+            }
+            None => {
+                // Checked at start; kept for a rule whose sink vanished.
+                tracing::warn!(sink, alert = %alert.id, "alert sink not configured");
+                count(&self.app, sink, "failed");
+            }
+        }
+    }
+
+    /// Updates the view and the store when the firing set changed.
+    fn publish(&mut self) {
+        let mut all: Vec<Alert> = self
+            .engine
+            .firing()
+            .chain(self.carried.values())
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.id.cmp(&b.id));
+        self.app.metrics.alerts_firing.set(all.len() as i64);
+        {
+            let mut view = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            if *view != all {
+                view.clone_from(&all);
+            }
+        }
+        if all == self.persisted {
+            return;
+        }
+        match serde_json::to_vec(&all) {
+            Ok(bytes) => {
+                if let Err(e) = self.app.store.put_state(STATE_KEY, &bytes) {
+                    tracing::warn!(error = %e, "persisting alerts/firing");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "encoding alerts/firing"),
+        }
+        self.persisted = all;
+    }
+}
+
+async fn webhook_worker(
+    app: Arc<App>,
+    name: String,
+    url: String,
+    timeout: Duration,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .build()
+        .into();
+    while let Some(body) = rx.recv().await {
+        let (agent, url) = (agent.clone(), url.clone());
+        // ureq blocks: on the blocking pool, one at a time per sink so a
+        // sink sees its notifications in order.
+        let sent = tokio::task::spawn_blocking(move || {
+            agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send(&body[..])
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        match sent {
+            Ok(()) => count(&app, &name, "sent"),
+            Err(e) => {
+                tracing::warn!(sink = %name, error = %e, "alert webhook failed");
+                count(&app, &name, "failed");
+            }
+        }
+    }
+}
+
+async fn mqtt_worker(app: Arc<App>, name: String, topic: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(body) = rx.recv().await {
+        let sent = tokio::time::timeout(
+            Duration::from_secs(DEFAULT_TIMEOUT_SECS),
+            app.mqtt.publish_json(&topic, body),
+        )
+        .await
+        .unwrap_or_else(|_| Err("timed out".into()));
+        match sent {
+            Ok(()) => count(&app, &name, "sent"),
+            Err(e) => {
+                tracing::warn!(sink = %name, topic = %topic, error = %e, "alert MQTT publish failed");
+                count(&app, &name, "failed");
+            }
+        }
+    }
+}
+
+// ---- the fleet tick -------------------------------------------------------------
+
+/// What the rules need observed.
+#[derive(Debug, Clone, Default)]
+struct Watched {
+    offline: bool,
+    /// Models named by drift or completeness rules.
+    models: BTreeSet<String>,
+}
+
+fn watched(rules: &[Rule]) -> Watched {
+    let mut w = Watched::default();
+    for r in rules {
+        match &r.condition {
+            Condition::DevicesOffline { .. } => w.offline = true,
+            Condition::Drift { model, .. } | Condition::Completeness { model, .. } => {
+                w.models.insert(model.clone());
+            }
+            _ => {}
+        }
+    }
+    w
+}
+
+async fn tick(app: Arc<App>, watched: Watched, every: Duration, mut stop: watch::Receiver<bool>) {
+    if !watched.offline && watched.models.is_empty() {
+        return;
+    }
+    let mut interval = tokio::time::interval(every.max(Duration::from_secs(1)));
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let watched = Arc::new(watched);
+    loop {
+        tokio::select! {
+            // Both cancellation-safe: a watch read and an interval tick.
+            _ = stop.wait_for(|s| *s) => return,
+            _ = interval.tick() => {}
+        }
+        let (store, w) = (app.store.clone(), watched.clone());
+        let observed =
+            tokio::task::spawn_blocking(move || observe_fleet(store.as_ref(), &w, now_unix()))
+                .await;
+        match observed {
+            Ok(list) => {
+                for obs in list {
+                    app.alerting.observe(obs);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "alert observations failed"),
+        }
+    }
+}
+
+/// Per column over a model's live versions: largest decisive PSI, drift
+/// anywhere, lowest complete share.
+#[derive(Debug, Default)]
+struct ColumnSeen {
+    psi: Option<f64>,
+    drift: bool,
+    complete: Option<f64>,
+}
+
+fn observe_fleet(store: &dyn Store, w: &Watched, now: u64) -> Vec<Observation> {
+    let mut out = Vec::new();
+    if w.offline {
+        match store.list_devices() {
+            Ok(devices) => out.push(Observation::DevicesOffline {
+                count: devices.iter().filter(|d| !d.online).count() as u64,
+            }),
+            Err(e) => tracing::warn!(error = %e, "alerts: reading the inventory"),
+        }
+    }
+    if w.models.is_empty() {
+        return out;
+    }
+    let versions = match store.list_versions() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::warn!(error = %e, "alerts: reading the registry");
+            return out;
+        }
+    };
+    for model in &w.models {
+        let mut columns: BTreeMap<String, ColumnSeen> = BTreeMap::new();
+        let live = versions
+            .iter()
+            .filter(|v| v.name == *model && matches!(v.status, Status::Canary | Status::Deployed));
+        for v in live {
+            let sel = Selection {
+                name: v.name.clone(),
+                version: v.version.clone(),
+                group: None,
+                from: Some(now.saturating_sub(DRIFT_LOOKBACK_SECS)),
+                to: None,
+            };
+            let report = match version_drift(store, &sel) {
+                Ok(r) => r.report,
+                Err(e) => {
+                    tracing::debug!(model = %v.name, version = %v.version, error = %e, "alerts: no drift report");
+                    continue;
+                }
+            };
+            for c in report.inputs.iter().chain(&report.predictions) {
+                let seen = columns.entry(c.name.clone()).or_default();
+                let decisive = c
+                    .psi
+                    .as_ref()
+                    .filter(|s| s.verdict == "drift" || s.verdict == "no_drift")
+                    .and_then(|s| s.value);
+                if let Some(psi) = decisive {
+                    seen.psi = Some(seen.psi.map_or(psi, |p| p.max(psi)));
+                    seen.drift |= c.drift;
+                }
+                if let Some(rate) = c.completeness.complete_rate {
+                    seen.complete = Some(seen.complete.map_or(rate, |r| r.min(rate)));
+                }
+            }
+        }
+        for (feature, seen) in columns {
+            if let Some(psi) = seen.psi {
+                out.push(Observation::Drift {
+                    model: model.clone(),
+                    feature: feature.clone(),
+                    psi,
+                    drift: seen.drift,
+                });
+            }
+            if let Some(rate) = seen.complete {
+                out.push(Observation::Completeness {
+                    model: model.clone(),
+                    feature,
+                    rate,
+                });
+            }
+        }
+    }
+    out
+}
+
+// ---- HTTP handlers --------------------------------------------------------------
+
+pub(crate) async fn list_alerts(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> ApiResult<Json<Value>> {
+    authorize(&app, &headers, Permission::Read)?;
+    let info = &app.alerting.info;
+    let sinks: Vec<Value> = info
+        .sinks
+        .iter()
+        .map(|(name, kind)| json!({"name": name, "kind": kind}))
+        .collect();
+    Ok(Json(json!({
+        "alerts": app.alerting.firing(),
+        "rules": info.rules,
+        "sinks": sinks,
+    })))
+}
+
+/// The body of `POST /v1/alerts/ack`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct AckReq {
+    rule: String,
+    subject: String,
+}
+
+pub(crate) async fn ack_alert(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Json(req): Json<AckReq>,
+) -> ApiResult<Json<Value>> {
+    let caller = authorize(&app, &headers, Permission::Operate)?;
+    let id = AlertId {
+        rule: req.rule,
+        subject: req.subject,
+    };
+    let alert = app
+        .alerting
+        .ack(id, &caller.name)
+        .await
+        .map_err(|e| match e {
+            AckRefused::NotFiring(id) => ApiError::not_found(format!(
+                "no firing alert {id} (see `outpost alerts list`)"
+            )),
+            AckRefused::Stopped => ApiError::internal("the alerting task has stopped"),
+        })?;
+    app.audit.append(
+        now_unix(),
+        &caller.name,
+        "alert.ack",
+        json!({"rule": alert.id.rule, "subject": alert.id.subject, "message": alert.message}),
+    )?;
+    Ok(Json(json!({"alert": alert})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[sink]]
+        name = "ops"
+        kind = "webhook"
+        url = "http://127.0.0.1:9/hook"
+        timeout = 3
+
+        [[sink]]
+        name = "pager"
+        kind = "mqtt"
+        topic = "ops/alerts"
+
+        [[sink]]
+        name = "console"
+        kind = "log"
+
+        [[rule]]
+        name = "offline"
+        sink = "ops"
+        condition = { kind = "devices_offline", max = 0 }
+        escalate = { after = "10m", sink = "pager" }
+
+        [[rule]]
+        name = "drift"
+        sink = "console"
+        condition = { kind = "drift", model = "digits", psi = 0.2 }
+    "#;
+
+    #[test]
+    fn the_documented_file_parses_into_rules() {
+        let c = AlertsConfig::parse(GOOD).unwrap();
+        assert_eq!(c.sinks.len(), 3);
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(
+            c.rules[0].escalate,
+            Some(Escalation {
+                after_secs: 600,
+                sink: "pager".into()
+            })
+        );
+        assert_eq!(c.rules[1].condition, Condition::Drift {
+            model: "digits".into(),
+            psi: 0.2
+        });
+        let w = watched(&c.rules);
+        assert!(w.offline);
+        assert_eq!(w.models.into_iter().collect::<Vec<_>>(), ["digits"]);
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        let cases = [
+            (GOOD.replace("sink = \"pager\" }", "sink = \"pagr\" }"), "\"pagr\", which is not defined"),
+            (GOOD.replace("name = \"console\"", "name = \"ops\""), "defined twice"),
+            (GOOD.replace("http://127", "ftp://127"), "must start with http"),
+            (GOOD.replace("ops/alerts", "ops/#"), "wildcards"),
+            (GOOD.replace("\"10m\"", "\"10 parsecs\""), "expected a duration"),
+            (GOOD.replace("psi = 0.2", "psi = -1.0"), "psi must be"),
+            (GOOD.replace("kind = \"log\"", "kind = \"email\""), "email"),
+            (GOOD.replace("timeout = 3", "retries = 3"), "retries"),
+        ];
+        for (text, needle) in cases {
+            let e = AlertsConfig::parse(&text).unwrap_err();
+            assert!(e.contains(needle), "{needle:?} not in {e:?}");
+        }
+        assert_eq!(AlertsConfig::parse("").unwrap(), AlertsConfig::default());
+    }
+
+    #[test]
+    fn concerns_matches_what_the_core_keys_alerts_by() {
+        let drift = Condition::Drift {
+            model: "digits".into(),
+            psi: 0.2,
+        };
+        let obs = Observation::Drift {
+            model: "digits".into(),
+            feature: "x3".into(),
+            psi: 0.0,
+            drift: false,
+        };
+        assert!(concerns(&drift, "digits/x3", &obs));
+        assert!(!concerns(&drift, "digits/x4", &obs));
+        let running = Observation::RolloutRunning {
+            rollout: "r1".into(),
+        };
+        assert!(concerns(&Condition::RolloutPaused, "r1", &running));
+        assert!(!concerns(&Condition::RolloutPaused, "r2", &running));
+        assert!(!concerns(
+            &Condition::DevicesOffline { max: 0 },
+            "fleet",
+            &running
+        ));
+    }
+}
