@@ -43,6 +43,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::App;
 use super::evidence::{reference_of, window_profile};
 use super::http::{ApiError, ApiResult, authorize};
+use crate::alerts::Observation;
 use crate::auth::Permission;
 use crate::clock::now_unix;
 use crate::director::Director;
@@ -562,6 +563,10 @@ impl Controller {
                 }
                 Action::Paused { reason } => {
                     self.note(id, now, format!("paused: {reason:?}"));
+                    self.app.alerting.observe(Observation::RolloutPaused {
+                        rollout: id.to_owned(),
+                        reason: format!("{reason:?}"),
+                    });
                     let _ = self.app.audit.append(
                         now,
                         CONTROLLER,
@@ -571,6 +576,9 @@ impl Controller {
                 }
                 Action::Resumed { actor } => {
                     self.note(id, now, format!("resumed by {actor}"));
+                    self.app.alerting.observe(Observation::RolloutRunning {
+                        rollout: id.to_owned(),
+                    });
                 }
                 Action::Halted { reason, reports } => {
                     self.note(
@@ -581,6 +589,10 @@ impl Controller {
                             verdicts(&reports)
                         ),
                     );
+                    self.app.alerting.observe(Observation::RolloutHalted {
+                        rollout: id.to_owned(),
+                        reason: format!("{reason:?}"),
+                    });
                     let _ = self.app.audit.append(
                         now,
                         CONTROLLER,
@@ -591,6 +603,9 @@ impl Controller {
                 }
                 Action::Completed => {
                     self.note(id, now, "completed: every stage passed; candidate committed".into());
+                    self.app.alerting.observe(Observation::RolloutRunning {
+                        rollout: id.to_owned(),
+                    });
                     let _ = self.app.audit.append(
                         now,
                         CONTROLLER,

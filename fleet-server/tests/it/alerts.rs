@@ -18,7 +18,7 @@ use crate::support::*;
 
 enum Seen {
     SubAck,
-    Publish(String, Vec<u8>),
+    Publish(Vec<u8>),
 }
 
 /// A test-side MQTT client: a device, or a watcher of an alert topic.
@@ -43,7 +43,7 @@ impl Mqtt {
                 let seen = match ev {
                     Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        Seen::Publish(p.topic, p.payload.to_vec())
+                        Seen::Publish(p.payload.to_vec())
                     }
                     Ok(_) => continue,
                     Err(_) => {
@@ -85,7 +85,7 @@ impl Mqtt {
     pub fn next_json(&self) -> Value {
         wait_for("an MQTT publish", T, || {
             match self.rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Seen::Publish(_, p)) => Some(serde_json::from_slice(&p).unwrap()),
+                Ok(Seen::Publish(p)) => Some(serde_json::from_slice(&p).unwrap()),
                 _ => None,
             }
         })

@@ -184,8 +184,26 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
 
     // SIGKILL: the restarted server resumes the rollout where it was; the
     // directives already sent are not sent again (none is pending).
+    // It comes back inside a change freeze (server config): the running
+    // rollout is held, but halts and rollbacks never are.
     server.kill();
-    let mut server = Server::start(d, &flags);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let calendar = d.join("calendar.toml");
+    std::fs::write(
+        &calendar,
+        format!(
+            "[[freezes]]\nstart = {}\nend = {}\nreason = \"year-end freeze\"\n",
+            now - 60,
+            now + 86_400
+        ),
+    )
+    .unwrap();
+    let mut frozen = flags.to_vec();
+    frozen.extend(["--calendar", s(&calendar)]);
+    let mut server = Server::start(d, &frozen);
     let v = status(&server, &viewer, &id);
     assert_eq!(state_name(&v), "running", "{v}");
     assert_eq!(v["directives_sent"], 2, "{v}");
@@ -228,6 +246,15 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
         assert!(actions.contains(&a), "{a} not audited: {actions:?}");
     }
     server.json(&viewer, &["audit", "verify"], 0);
+
+    // A rollout started inside the freeze waits: no stage, no directive.
+    let v = server.json(&op, &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)], 0);
+    assert_eq!(v["id"], "digits-1.1.0-2");
+    assert_eq!(state_name(&v), "waiting", "{v}");
+    assert_eq!(v["directives_sent"], 0, "{v}");
+    assert_eq!(v["held_until"], now + 86_400, "held until the freeze ends: {v}");
+    let v = server.json(&op, &["rollout", "abort", "digits-1.1.0-2"], 0);
+    assert_eq!(state_name(&v), "halted", "{v}");
     server.stop();
 }
 
