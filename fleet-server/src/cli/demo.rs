@@ -70,8 +70,10 @@ kind = "confidence"
 [[stage.gate]]
 kind = "latency"
 tolerance = 0.5
+min_count = 300
 [[stage.gate]]
 kind = "drift"
+min_count = 300
 
 [[stage]]
 name = "fleet"

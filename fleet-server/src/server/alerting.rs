@@ -72,277 +72,34 @@
 //! alert that fires again gets a new `since` and, unacknowledged, its
 //! escalation period starts over.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
+mod config;
+mod observe;
+mod sinks;
+
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::drift_api::{Selection, parse_duration, version_drift};
+pub(crate) use config::{AlertsConfig, SinkConfig};
+
+use super::App;
 use super::http::{ApiError, ApiResult, authorize};
-use super::metrics::SinkLabels;
-use super::{App, ServeError};
 use crate::alerts::{
-    Alert, AlertAction, AlertError, AlertId, Alerts, Condition, Escalation, NotifyKind,
-    Observation, Rule,
+    Alert, AlertAction, AlertError, AlertId, Alerts, Condition, NotifyKind, Observation, Rule,
 };
 use crate::auth::Permission;
 use crate::clock::now_unix;
-use crate::registry::Status;
 use crate::store::Store;
 
 /// Where the firing alerts are persisted (the store's generic state).
 const STATE_KEY: &str = "alerts/firing";
-/// Webhook timeout when the sink names none, and the MQTT publish timeout.
-const DEFAULT_TIMEOUT_SECS: u64 = 5;
-/// Notifications waiting per sink; more are dropped (and counted).
-const SINK_QUEUE: usize = 256;
-/// The drift observations look at this much of the recent past.
-const DRIFT_LOOKBACK_SECS: u64 = 3_600;
-
-// ---- the file -----------------------------------------------------------------
-
-/// A duration in the file: seconds, or text such as `90s`, `10m`, `1h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Span(pub(crate) u64);
-
-impl<'de> Deserialize<'de> for Span {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = Span;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("seconds, or a duration such as \"90s\", \"10m\", \"1h\", \"2d\"")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Span, E> {
-                Ok(Span(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Span, E> {
-                u64::try_from(v)
-                    .map(Span)
-                    .map_err(|_| E::custom("a duration cannot be negative"))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Span, E> {
-                parse_duration(v).map(Span).ok_or_else(|| {
-                    E::custom(format!("{v:?}: expected a duration such as 90s, 10m, 1h, 2d"))
-                })
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
-
-/// A place notifications go.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub(crate) enum SinkConfig {
-    /// HTTP POST of the notification as JSON; any answer but 2xx, or none
-    /// within `timeout`, is a failed delivery.
-    Webhook {
-        name: String,
-        url: String,
-        #[serde(default)]
-        timeout: Option<Span>,
-    },
-    /// Publish the notification as JSON on `topic` (QoS 1).
-    Mqtt { name: String, topic: String },
-    /// A warning in the server's log.
-    Log { name: String },
-}
-
-impl SinkConfig {
-    pub(crate) fn name(&self) -> &str {
-        match self {
-            SinkConfig::Webhook { name, .. }
-            | SinkConfig::Mqtt { name, .. }
-            | SinkConfig::Log { name } => name,
-        }
-    }
-
-    fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Webhook { .. } => "webhook",
-            SinkConfig::Mqtt { .. } => "mqtt",
-            SinkConfig::Log { .. } => "log",
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EscalateConfig {
-    after: Span,
-    sink: String,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleConfig {
-    name: String,
-    sink: String,
-    condition: Condition,
-    #[serde(default)]
-    escalate: Option<EscalateConfig>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    #[serde(default)]
-    sink: Vec<SinkConfig>,
-    #[serde(default)]
-    rule: Vec<RuleConfig>,
-}
-
-/// Rules and sinks, checked. The default has none: observations are
-/// accepted and nothing fires.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct AlertsConfig {
-    pub(crate) sinks: Vec<SinkConfig>,
-    pub(crate) rules: Vec<Rule>,
-}
-
-fn check_condition(rule: &str, c: &Condition) -> Result<(), String> {
-    let bad = |what: &str| Err(format!("rule {rule:?}: {what}"));
-    match c {
-        Condition::MetricAbove { metric, threshold } | Condition::MetricBelow { metric, threshold } => {
-            if metric.is_empty() {
-                return bad("the metric name is empty");
-            }
-            if !threshold.is_finite() {
-                return bad("threshold must be a finite number");
-            }
-        }
-        Condition::Drift { model, psi } => {
-            if model.is_empty() {
-                return bad("the model name is empty");
-            }
-            if !(psi.is_finite() && *psi >= 0.0) {
-                return bad("psi must be a number ≥ 0");
-            }
-        }
-        Condition::Completeness { model, min_rate } => {
-            if model.is_empty() {
-                return bad("the model name is empty");
-            }
-            if !(0.0..=1.0).contains(min_rate) {
-                return bad("min_rate must be between 0 and 1");
-            }
-        }
-        Condition::DevicesOffline { .. } | Condition::RolloutHalted | Condition::RolloutPaused => {}
-    }
-    Ok(())
-}
-
-impl AlertsConfig {
-    /// Parses and checks the file's text.
-    pub(crate) fn parse(text: &str) -> Result<AlertsConfig, String> {
-        let file: FileConfig = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut names = BTreeSet::new();
-        for s in &file.sink {
-            let name = s.name();
-            if name.is_empty() {
-                return Err("a sink has an empty name".into());
-            }
-            if !names.insert(name.to_owned()) {
-                return Err(format!("sink {name:?} is defined twice"));
-            }
-            match s {
-                SinkConfig::Webhook { url, timeout, .. } => {
-                    if !(url.starts_with("http://") || url.starts_with("https://")) {
-                        return Err(format!(
-                            "sink {name:?}: url {url:?} must start with http:// or https://"
-                        ));
-                    }
-                    if timeout.is_some_and(|t| t.0 == 0) {
-                        return Err(format!("sink {name:?}: timeout must be at least 1 s"));
-                    }
-                }
-                SinkConfig::Mqtt { topic, .. } => {
-                    if topic.is_empty()
-                        || topic.starts_with('$')
-                        || topic.contains(['+', '#', '\0'])
-                    {
-                        return Err(format!(
-                            "sink {name:?}: topic {topic:?} must be a non-empty topic name \
-                             without wildcards (+, #) or a leading $"
-                        ));
-                    }
-                }
-                SinkConfig::Log { .. } => {}
-            }
-        }
-        let mut rule_names = BTreeSet::new();
-        let mut rules = Vec::with_capacity(file.rule.len());
-        for r in file.rule {
-            if r.name.is_empty() {
-                return Err("a rule has an empty name".into());
-            }
-            if !rule_names.insert(r.name.clone()) {
-                return Err(format!("rule {:?} is defined twice", r.name));
-            }
-            let known = |sink: &str| {
-                if names.contains(sink) {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "rule {:?} names sink {sink:?}, which is not defined (sinks: {})",
-                        r.name,
-                        if names.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            names.iter().cloned().collect::<Vec<_>>().join(", ")
-                        }
-                    ))
-                }
-            };
-            known(&r.sink)?;
-            check_condition(&r.name, &r.condition)?;
-            let escalate = match r.escalate {
-                Some(e) => {
-                    known(&e.sink)?;
-                    if e.after.0 == 0 {
-                        return Err(format!(
-                            "rule {:?}: escalate.after must be at least 1 s",
-                            r.name
-                        ));
-                    }
-                    Some(Escalation {
-                        after_secs: e.after.0,
-                        sink: e.sink,
-                    })
-                }
-                None => None,
-            };
-            rules.push(Rule {
-                name: r.name,
-                condition: r.condition,
-                sink: r.sink,
-                escalate,
-            });
-        }
-        Ok(AlertsConfig {
-            sinks: file.sink,
-            rules,
-        })
-    }
-
-    /// Reads and checks the `--alerts` file.
-    pub(crate) fn load(path: &Path) -> Result<AlertsConfig, ServeError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ServeError::File {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        AlertsConfig::parse(&text)
-            .map_err(|e| ServeError::Config(format!("--alerts {}: {e}", path.display())))
-    }
-}
 
 // ---- the handle -----------------------------------------------------------------
 
@@ -450,7 +207,6 @@ impl AlertingHandle {
         self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
-
 // ---- the task -------------------------------------------------------------------
 
 /// A sink as the task delivers to it.
@@ -471,17 +227,6 @@ struct Shell {
     /// What `alerts/firing` holds.
     persisted: Vec<Alert>,
 }
-
-fn count(app: &App, sink: &str, result: &str) {
-    app.metrics
-        .alert_notifications
-        .get_or_create(&SinkLabels {
-            sink: sink.to_owned(),
-            result: result.to_owned(),
-        })
-        .inc();
-}
-
 /// How long until Unix second `at` (a few ms late rather than early: the
 /// core compares whole seconds).
 fn until(at: u64) -> Duration {
@@ -507,9 +252,9 @@ pub(crate) async fn run(
             SinkConfig::Webhook {
                 name, url, timeout, ..
             } => {
-                let (tx, rx) = mpsc::channel(SINK_QUEUE);
-                let secs = timeout.map_or(DEFAULT_TIMEOUT_SECS, |t| t.0);
-                tokio::spawn(webhook_worker(
+                let (tx, rx) = mpsc::channel(sinks::SINK_QUEUE);
+                let secs = timeout.map_or(sinks::DEFAULT_TIMEOUT_SECS, |t| t.0);
+                tokio::spawn(sinks::webhook_worker(
                     app.clone(),
                     name.clone(),
                     url.clone(),
@@ -519,8 +264,8 @@ pub(crate) async fn run(
                 Sink::Queue(tx)
             }
             SinkConfig::Mqtt { name, topic } => {
-                let (tx, rx) = mpsc::channel(SINK_QUEUE);
-                tokio::spawn(mqtt_worker(app.clone(), name.clone(), topic.clone(), rx));
+                let (tx, rx) = mpsc::channel(sinks::SINK_QUEUE);
+                tokio::spawn(sinks::mqtt_worker(app.clone(), name.clone(), topic.clone(), rx));
                 Sink::Queue(tx)
             }
             SinkConfig::Log { .. } => Sink::Log,
@@ -554,7 +299,7 @@ pub(crate) async fn run(
         persisted,
     };
     shell.publish();
-    let ticker = tokio::spawn(tick(app, watched(&config.rules), every, stop.clone()));
+    let ticker = tokio::spawn(observe::tick(app, observe::watched(&config.rules), every, stop.clone()));
     loop {
         let wake = shell.engine.poll_timeout().map(until);
         let escalation = async move {
@@ -701,26 +446,26 @@ impl Shell {
         match self.sinks.get(sink) {
             Some(Sink::Log) => {
                 tracing::warn!(sink, kind = ?kind, alert = %alert.id, "{}", alert.message);
-                count(&self.app, sink, "sent");
+                sinks::count(&self.app, sink, "sent");
             }
             Some(Sink::Queue(tx)) => {
                 let body = match serde_json::to_vec(&json!({"kind": kind, "alert": alert})) {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(sink, error = %e, "alert notification does not encode");
-                        count(&self.app, sink, "failed");
+                        sinks::count(&self.app, sink, "failed");
                         return;
                     }
                 };
                 if tx.try_send(body).is_err() {
                     tracing::warn!(sink, alert = %alert.id, "alert sink queue full: notification dropped");
-                    count(&self.app, sink, "dropped");
+                    sinks::count(&self.app, sink, "dropped");
                 }
             }
             None => {
                 // Checked at start; kept for a rule whose sink vanished.
                 tracing::warn!(sink, alert = %alert.id, "alert sink not configured");
-                count(&self.app, sink, "failed");
+                sinks::count(&self.app, sink, "failed");
             }
         }
     }
@@ -755,198 +500,6 @@ impl Shell {
         self.persisted = all;
     }
 }
-
-async fn webhook_worker(
-    app: Arc<App>,
-    name: String,
-    url: String,
-    timeout: Duration,
-    mut rx: mpsc::Receiver<Vec<u8>>,
-) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(timeout))
-        .build()
-        .into();
-    while let Some(body) = rx.recv().await {
-        let (agent, url) = (agent.clone(), url.clone());
-        // ureq blocks: on the blocking pool, one at a time per sink so a
-        // sink sees its notifications in order.
-        let sent = tokio::task::spawn_blocking(move || {
-            agent
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .send(&body[..])
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        match sent {
-            Ok(()) => count(&app, &name, "sent"),
-            Err(e) => {
-                tracing::warn!(sink = %name, error = %e, "alert webhook failed");
-                count(&app, &name, "failed");
-            }
-        }
-    }
-}
-
-async fn mqtt_worker(app: Arc<App>, name: String, topic: String, mut rx: mpsc::Receiver<Vec<u8>>) {
-    while let Some(body) = rx.recv().await {
-        let sent = tokio::time::timeout(
-            Duration::from_secs(DEFAULT_TIMEOUT_SECS),
-            app.mqtt.publish_json(&topic, body),
-        )
-        .await
-        .unwrap_or_else(|_| Err("timed out".into()));
-        match sent {
-            Ok(()) => count(&app, &name, "sent"),
-            Err(e) => {
-                tracing::warn!(sink = %name, topic = %topic, error = %e, "alert MQTT publish failed");
-                count(&app, &name, "failed");
-            }
-        }
-    }
-}
-
-// ---- the fleet tick -------------------------------------------------------------
-
-/// What the rules need observed.
-#[derive(Debug, Clone, Default)]
-struct Watched {
-    offline: bool,
-    /// Models named by drift or completeness rules.
-    models: BTreeSet<String>,
-}
-
-fn watched(rules: &[Rule]) -> Watched {
-    let mut w = Watched::default();
-    for r in rules {
-        match &r.condition {
-            Condition::DevicesOffline { .. } => w.offline = true,
-            Condition::Drift { model, .. } | Condition::Completeness { model, .. } => {
-                w.models.insert(model.clone());
-            }
-            _ => {}
-        }
-    }
-    w
-}
-
-async fn tick(app: Arc<App>, watched: Watched, every: Duration, mut stop: watch::Receiver<bool>) {
-    if !watched.offline && watched.models.is_empty() {
-        return;
-    }
-    let mut interval = tokio::time::interval(every.max(Duration::from_secs(1)));
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let watched = Arc::new(watched);
-    loop {
-        tokio::select! {
-            // Both cancellation-safe: a watch read and an interval tick.
-            _ = stop.wait_for(|s| *s) => return,
-            _ = interval.tick() => {}
-        }
-        let (store, w) = (app.store.clone(), watched.clone());
-        let observed =
-            tokio::task::spawn_blocking(move || observe_fleet(store.as_ref(), &w, now_unix()))
-                .await;
-        match observed {
-            Ok(list) => {
-                for obs in list {
-                    app.alerting.observe(obs);
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "alert observations failed"),
-        }
-    }
-}
-
-/// Per column over a model's live versions: largest decisive PSI, drift
-/// anywhere, lowest complete share.
-#[derive(Debug, Default)]
-struct ColumnSeen {
-    psi: Option<f64>,
-    drift: bool,
-    complete: Option<f64>,
-}
-
-fn observe_fleet(store: &dyn Store, w: &Watched, now: u64) -> Vec<Observation> {
-    let mut out = Vec::new();
-    if w.offline {
-        match store.list_devices() {
-            Ok(devices) => out.push(Observation::DevicesOffline {
-                count: devices.iter().filter(|d| !d.online).count() as u64,
-            }),
-            Err(e) => tracing::warn!(error = %e, "alerts: reading the inventory"),
-        }
-    }
-    if w.models.is_empty() {
-        return out;
-    }
-    let versions = match store.list_versions() {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(error = %e, "alerts: reading the registry");
-            return out;
-        }
-    };
-    for model in &w.models {
-        let mut columns: BTreeMap<String, ColumnSeen> = BTreeMap::new();
-        let live = versions
-            .iter()
-            .filter(|v| v.name == *model && matches!(v.status, Status::Canary | Status::Deployed));
-        for v in live {
-            let sel = Selection {
-                name: v.name.clone(),
-                version: v.version.clone(),
-                group: None,
-                from: Some(now.saturating_sub(DRIFT_LOOKBACK_SECS)),
-                to: None,
-            };
-            let report = match version_drift(store, &sel) {
-                Ok(r) => r.report,
-                Err(e) => {
-                    tracing::debug!(model = %v.name, version = %v.version, error = %e, "alerts: no drift report");
-                    continue;
-                }
-            };
-            for c in report.inputs.iter().chain(&report.predictions) {
-                let seen = columns.entry(c.name.clone()).or_default();
-                let decisive = c
-                    .psi
-                    .as_ref()
-                    .filter(|s| s.verdict == "drift" || s.verdict == "no_drift")
-                    .and_then(|s| s.value);
-                if let Some(psi) = decisive {
-                    seen.psi = Some(seen.psi.map_or(psi, |p| p.max(psi)));
-                    seen.drift |= c.drift;
-                }
-                if let Some(rate) = c.completeness.complete_rate {
-                    seen.complete = Some(seen.complete.map_or(rate, |r| r.min(rate)));
-                }
-            }
-        }
-        for (feature, seen) in columns {
-            if let Some(psi) = seen.psi {
-                out.push(Observation::Drift {
-                    model: model.clone(),
-                    feature: feature.clone(),
-                    psi,
-                    drift: seen.drift,
-                });
-            }
-            if let Some(rate) = seen.complete {
-                out.push(Observation::Completeness {
-                    model: model.clone(),
-                    feature,
-                    rate,
-                });
-            }
-        }
-    }
-    out
-}
-
 // ---- HTTP handlers --------------------------------------------------------------
 
 pub(crate) async fn list_alerts(
@@ -1002,78 +555,10 @@ pub(crate) async fn ack_alert(
     )?;
     Ok(Json(json!({"alert": alert})))
 }
-
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
-
-    const GOOD: &str = r#"
-        [[sink]]
-        name = "ops"
-        kind = "webhook"
-        url = "http://127.0.0.1:9/hook"
-        timeout = 3
-
-        [[sink]]
-        name = "pager"
-        kind = "mqtt"
-        topic = "ops/alerts"
-
-        [[sink]]
-        name = "console"
-        kind = "log"
-
-        [[rule]]
-        name = "offline"
-        sink = "ops"
-        condition = { kind = "devices_offline", max = 0 }
-        escalate = { after = "10m", sink = "pager" }
-
-        [[rule]]
-        name = "drift"
-        sink = "console"
-        condition = { kind = "drift", model = "digits", psi = 0.2 }
-    "#;
-
-    #[test]
-    fn the_documented_file_parses_into_rules() {
-        let c = AlertsConfig::parse(GOOD).unwrap();
-        assert_eq!(c.sinks.len(), 3);
-        assert_eq!(c.rules.len(), 2);
-        assert_eq!(
-            c.rules[0].escalate,
-            Some(Escalation {
-                after_secs: 600,
-                sink: "pager".into()
-            })
-        );
-        assert_eq!(c.rules[1].condition, Condition::Drift {
-            model: "digits".into(),
-            psi: 0.2
-        });
-        let w = watched(&c.rules);
-        assert!(w.offline);
-        assert_eq!(w.models.into_iter().collect::<Vec<_>>(), ["digits"]);
-    }
-
-    #[test]
-    fn bad_files_are_refused_with_the_reason() {
-        let cases = [
-            (GOOD.replace("sink = \"pager\" }", "sink = \"pagr\" }"), "\"pagr\", which is not defined"),
-            (GOOD.replace("name = \"console\"", "name = \"ops\""), "defined twice"),
-            (GOOD.replace("http://127", "ftp://127"), "must start with http"),
-            (GOOD.replace("ops/alerts", "ops/#"), "wildcards"),
-            (GOOD.replace("\"10m\"", "\"10 parsecs\""), "expected a duration"),
-            (GOOD.replace("psi = 0.2", "psi = -1.0"), "psi must be"),
-            (GOOD.replace("kind = \"log\"", "kind = \"email\""), "email"),
-            (GOOD.replace("timeout = 3", "retries = 3"), "retries"),
-        ];
-        for (text, needle) in cases {
-            let e = AlertsConfig::parse(&text).unwrap_err();
-            assert!(e.contains(needle), "{needle:?} not in {e:?}");
-        }
-        assert_eq!(AlertsConfig::parse("").unwrap(), AlertsConfig::default());
-    }
 
     #[test]
     fn concerns_matches_what_the_core_keys_alerts_by() {
