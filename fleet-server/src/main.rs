@@ -43,7 +43,7 @@ struct Cli {
 enum Command {
     /// Run the fleet server: HTTP API, MQTT (embedded broker or external),
     /// registry, inventory, audit.
-    Serve(cli::serve::ServeArgs),
+    Serve(Box<cli::serve::ServeArgs>),
     /// Model files and packages locally; the registry on a server.
     #[command(subcommand)]
     Model(cli::model::ModelCommand),
@@ -87,7 +87,7 @@ fn main() -> ExitCode {
         token: cli.token.clone(),
     };
     let result = match cli.command {
-        Command::Serve(args) => cli::serve::run(args),
+        Command::Serve(args) => cli::serve::run(*args),
         Command::Model(cmd) => cli::model::run(cmd, cli.json, &conn),
         Command::Keys(cmd) => cli::keys::run(cmd, cli.json),
         Command::Tokens(cmd) => cli::tokens::run(cmd, cli.json, &conn),

@@ -138,7 +138,8 @@ impl Children {
         prefix: &str,
         timeout: Duration,
     ) -> Result<String> {
-        let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(exe)
             .args(args)
             .env_remove("OUTPOST_TOKEN")
@@ -147,7 +148,10 @@ impl Children {
             .stderr(err)
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("{name}: no stdout"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("{name}: no stdout"))?;
         self.0.push((name.to_owned(), child));
         let (tx, rx) = std::sync::mpsc::channel();
         let prefix = prefix.to_owned();
@@ -251,7 +255,10 @@ impl Demo {
                 return Ok(v);
             }
             if Instant::now() > deadline {
-                bail!("timed out after {}s waiting for {what}", self.timeout.as_secs());
+                bail!(
+                    "timed out after {}s waiting for {what}",
+                    self.timeout.as_secs()
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -260,21 +267,26 @@ impl Demo {
     /// Waits until every device in `ids` serves `version` of digits from
     /// its active slot, as the inventory reports.
     fn wait_serving(&self, ids: &[String], version: &str) -> Result<()> {
-        self.wait(&format!("{} device(s) to serve digits {version}", ids.len()), || {
-            let v = self.client().get("/v1/devices")?;
-            let serving = v["devices"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|d| ids.iter().any(|i| d["id"] == json!(i)))
-                .filter(|d| {
-                    d["installed"].as_array().into_iter().flatten().any(|i| {
-                        i["slot"] == "active" && i["name"] == "digits" && i["version"] == version
+        self.wait(
+            &format!("{} device(s) to serve digits {version}", ids.len()),
+            || {
+                let v = self.client().get("/v1/devices")?;
+                let serving = v["devices"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|d| ids.iter().any(|i| d["id"] == json!(i)))
+                    .filter(|d| {
+                        d["installed"].as_array().into_iter().flatten().any(|i| {
+                            i["slot"] == "active"
+                                && i["name"] == "digits"
+                                && i["version"] == version
+                        })
                     })
-                })
-                .count();
-            Ok((serving == ids.len()).then_some(()))
-        })
+                    .count();
+                Ok((serving == ids.len()).then_some(()))
+            },
+        )
     }
 
     /// Waits until no device in `ids` serves or runs as a candidate
@@ -288,13 +300,9 @@ impl Demo {
                 .flatten()
                 .filter(|d| ids.iter().any(|i| d["id"] == json!(i)))
                 .filter(|d| {
-                    d["installed"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .any(|i| {
-                            i["name"] == "digits" && i["version"] == version && i["slot"] != "previous"
-                        })
+                    d["installed"].as_array().into_iter().flatten().any(|i| {
+                        i["name"] == "digits" && i["version"] == version && i["slot"] != "previous"
+                    })
                 })
                 .count();
             Ok((holding == 0).then_some(()))
@@ -316,7 +324,9 @@ impl Demo {
         let acc = match eval["comparison"].as_object() {
             Some(c) => format!(
                 "{acc}; McNemar against {}: p = {:.3}",
-                c.get("baseline_version").and_then(Value::as_str).unwrap_or("?"),
+                c.get("baseline_version")
+                    .and_then(Value::as_str)
+                    .unwrap_or("?"),
                 c.get("p_value").and_then(Value::as_f64).unwrap_or(f64::NAN)
             ),
             None => acc,
@@ -355,7 +365,10 @@ impl Demo {
         let mut last_table = Instant::now();
         let status = self.wait(&format!("rollout {id} to end"), || {
             if let Some(dead) = children.exited() {
-                bail!("{dead}; see the logs in {}", self.dir.join("logs").display());
+                bail!(
+                    "{dead}; see the logs in {}",
+                    self.dir.join("logs").display()
+                );
             }
             let v = self.client().get(&format!("/v1/rollouts/{id}"))?;
             let timeline = v["timeline"].as_array().cloned().unwrap_or_default();
@@ -368,7 +381,7 @@ impl Demo {
                     || what.starts_with("completed")
                 {
                     if let Some(record) = v["history"].get(ended) {
-                        say(&render_gates(&record["reports"]).trim_end().to_string());
+                        say(render_gates(&record["reports"]).trim_end());
                     }
                     ended += 1;
                     last_table = Instant::now();
@@ -434,8 +447,10 @@ fn agent_configs(dir: &Path, n: usize, mqtt: &str, root: &Path) -> Result<Vec<(S
 
 /// The bundled digits test split: rows and labels.
 fn bundled_split() -> Result<(outpost_runtime::Tensor, outpost_runtime::Tensor)> {
-    let x = outpost_runtime::npy::npy_from_bytes(TEST_X).map_err(|e| anyhow!("bundled test split: {e}"))?;
-    let y = outpost_runtime::npy::npy_from_bytes(TEST_Y).map_err(|e| anyhow!("bundled labels: {e}"))?;
+    let x = outpost_runtime::npy::npy_from_bytes(TEST_X)
+        .map_err(|e| anyhow!("bundled test split: {e}"))?;
+    let y =
+        outpost_runtime::npy::npy_from_bytes(TEST_Y).map_err(|e| anyhow!("bundled labels: {e}"))?;
     Ok((x, y))
 }
 
@@ -470,7 +485,8 @@ fn traffic(
         .into_iter()
         .enumerate()
         .map(|(d, api)| {
-            let (rows, labels, stop, sent) = (rows.clone(), labels.clone(), stop.clone(), sent.clone());
+            let (rows, labels, stop, sent) =
+                (rows.clone(), labels.clone(), stop.clone(), sent.clone());
             std::thread::spawn(move || {
                 let agent: ureq::Agent = ureq::Agent::config_builder()
                     .timeout_global(Some(Duration::from_secs(5)))
@@ -589,7 +605,11 @@ fn walk(
     let versions = [
         ("1.0.0", MODEL_V1, "int8 MLP, per-tensor quantized"),
         ("1.1.0", MODEL_V2, "int8 MLP, per-channel quantized"),
-        ("1.2.0", MODEL_BAD, "1.1.0 with its class order rotated: a packaging mistake"),
+        (
+            "1.2.0",
+            MODEL_BAD,
+            "1.1.0 with its class order rotated: a packaging mistake",
+        ),
     ];
     let mut packages = vec![];
     for (version, bytes, _) in &versions {
@@ -604,8 +624,18 @@ fn walk(
         demo.cli(
             None,
             &[
-                "model", "pack", "--model", &s(&model), "--card", &s(&card), "--reference",
-                &s(&reference), "--eval", &s(&eval), "--out", &s(&pkg),
+                "model",
+                "pack",
+                "--model",
+                &s(&model),
+                "--card",
+                &s(&card),
+                "--reference",
+                &s(&reference),
+                "--eval",
+                &s(&eval),
+                "--out",
+                &s(&pkg),
             ],
         )?;
         demo.cli(
@@ -738,14 +768,20 @@ fn walk(
         ids.len(),
         CLASSES
             .iter()
-            .map(|c| format!("{} {c}", ids.len() / 2 + usize::from(*c == CLASSES[0] && ids.len() % 2 == 1)))
+            .map(|c| format!(
+                "{} {c}",
+                ids.len() / 2 + usize::from(*c == CLASSES[0] && ids.len() % 2 == 1)
+            ))
             .collect::<Vec<_>>()
             .join(", ")
     ));
 
     // 5. The first version.
     let acc = demo.register(&packages[0], "1.0.0")?;
-    let deployed = demo.cli(Some(&demo.operator), &["model", "deploy", "digits", "1.0.0"])?;
+    let deployed = demo.cli(
+        Some(&demo.operator),
+        &["model", "deploy", "digits", "1.0.0"],
+    )?;
     let sent = deployed["directives"].as_array().map_or(0, Vec::len);
     demo.wait_serving(&ids, "1.0.0")?;
     say(&format!(
@@ -773,7 +809,10 @@ fn walk(
     ));
     let good = demo.rollout("1.1.0", &plan, children)?;
     if state_name(&good) != "completed" {
-        bail!("the rollout of 1.1.0 ended {}: expected completed", state_name(&good));
+        bail!(
+            "the rollout of 1.1.0 ended {}: expected completed",
+            state_name(&good)
+        );
     }
     demo.wait_serving(&ids, "1.1.0")?;
     say(&format!(
@@ -790,7 +829,10 @@ fn walk(
     ));
     let bad = demo.rollout("1.2.0", &plan, children)?;
     if state_name(&bad) != "halted" {
-        bail!("the rollout of 1.2.0 ended {}: expected halted", state_name(&bad));
+        bail!(
+            "the rollout of 1.2.0 ended {}: expected halted",
+            state_name(&bad)
+        );
     }
     demo.wait_gone(&ids, "1.2.0")?;
     demo.wait_serving(&ids, "1.1.0")?;
@@ -812,7 +854,9 @@ fn walk(
     ));
     match args.exit_after {
         Some(secs) => {
-            say(&format!("The fleet keeps running for {secs}s (--exit-after)."));
+            say(&format!(
+                "The fleet keeps running for {secs}s (--exit-after)."
+            ));
             let until = Instant::now() + Duration::from_secs(secs);
             while Instant::now() < until {
                 if let Some(dead) = children.exited() {

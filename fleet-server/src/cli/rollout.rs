@@ -80,7 +80,10 @@ pub(crate) fn run(cmd: RolloutCommand, json_out: bool, conn: &Conn) -> Result<()
             emit(json_out, &v, || {
                 println!("rollout {} started", cell(&v["id"]));
                 print!("{}", render_status(&v));
-                println!("follow it with: outpost rollout status {} --watch", cell(&v["id"]));
+                println!(
+                    "follow it with: outpost rollout status {} --watch",
+                    cell(&v["id"])
+                );
             })
         }
         RolloutCommand::Status {
@@ -137,7 +140,14 @@ pub(crate) fn run(cmd: RolloutCommand, json_out: bool, conn: &Conn) -> Result<()
                     })
                     .collect();
                 table(
-                    &["ID", "MODEL", "VERSIONS", "STATE", "STAGE", "CANARY/CONTROL"],
+                    &[
+                        "ID",
+                        "MODEL",
+                        "VERSIONS",
+                        "STATE",
+                        "STAGE",
+                        "CANARY/CONTROL",
+                    ],
                     &rows,
                 );
             })
@@ -182,7 +192,11 @@ pub(crate) fn render_gates(reports: &Value) -> String {
             format!(
                 "{}{}",
                 cell(&r["verdict"]).to_uppercase(),
-                if r["optional"] == json!(true) { "*" } else { "" }
+                if r["optional"] == json!(true) {
+                    "*"
+                } else {
+                    ""
+                }
             ),
             num(&r["statistic"], 4),
             num(&r["error_bound"], 4),

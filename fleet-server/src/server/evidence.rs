@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use outpost_runtime::{Package, PackageLimits};
-use outpost_telemetry::{REFERENCE_DECODE_LIMIT, ReferenceProfile, WINDOW_DECODE_LIMIT, WindowProfile};
+use outpost_telemetry::{
+    REFERENCE_DECODE_LIMIT, ReferenceProfile, WINDOW_DECODE_LIMIT, WindowProfile,
+};
 
 use crate::store::{Store, WindowRecord};
 
@@ -23,7 +25,12 @@ pub(crate) fn reference_of(
     let bytes = store
         .get_blob(&record.sha256)
         .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("{name} {version}: package blob {} is missing", record.sha256))?;
+        .ok_or_else(|| {
+            format!(
+                "{name} {version}: package blob {} is missing",
+                record.sha256
+            )
+        })?;
     let origin = format!("{name} {version}");
     let pkg = Package::from_bytes(&bytes, &origin, &PackageLimits::default())
         .map_err(|e| e.to_string())?;

@@ -34,7 +34,9 @@ use axum::http::{HeaderMap, StatusCode};
 use outpost_protocol::bytes::Sha256;
 use outpost_protocol::messages::{EventKind, ReportedState};
 use outpost_protocol::topic::DeviceId;
-use outpost_protocol::trust::{DirectiveAction, Probation, ReleaseMetadata, Selector, Signed, TargetRef};
+use outpost_protocol::trust::{
+    DirectiveAction, Probation, ReleaseMetadata, Selector, Signed, TargetRef,
+};
 use outpost_telemetry::WindowProfile;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -379,7 +381,11 @@ impl Controller {
             )
         })?;
         let plan = Plan::from_toml(&req.plan).map_err(|e| {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", e.to_string())
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_plan",
+                e.to_string(),
+            )
         })?;
         if let Some(busy) = self.active_for(&req.model).first() {
             return Err(ApiError::conflict(format!(
@@ -468,14 +474,20 @@ impl Controller {
                             .unwrap_or_default()
                     ))
                 }
-                e => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_plan", e.to_string()),
+                e => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_plan",
+                    e.to_string(),
+                ),
             })?;
         let _ = director; // checked above: every directive needs it
         // Index first: a crash between here and the first snapshot leaves
         // an id without a snapshot, which restore skips (nothing was sent).
         self.order.push(id.clone());
-        self.store()
-            .put_state(INDEX_KEY, &serde_json::to_vec(&self.order).unwrap_or_default())?;
+        self.store().put_state(
+            INDEX_KEY,
+            &serde_json::to_vec(&self.order).unwrap_or_default(),
+        )?;
         self.app.audit.append(
             now,
             actor,
@@ -500,10 +512,7 @@ impl Controller {
 
     /// Performs the core's actions until there are none.
     async fn drive(&mut self, id: &str) {
-        loop {
-            let Some(action) = self.rollouts.get_mut(id).and_then(Rollout::poll_action) else {
-                break;
-            };
+        while let Some(action) = self.rollouts.get_mut(id).and_then(Rollout::poll_action) {
             let now = now_unix();
             match action {
                 Action::Persist(snapshot) => {
@@ -529,7 +538,14 @@ impl Controller {
                 Action::SendDirective(planned) => {
                     if let Err(e) = self.send(&planned, now).await {
                         tracing::error!(rollout = id, key = %planned.key, error = %e, "directive not sent");
-                        self.note(id, now, format!("directive {} to {} not sent: {e}", planned.key, planned.device));
+                        self.note(
+                            id,
+                            now,
+                            format!(
+                                "directive {} to {} not sent: {e}",
+                                planned.key, planned.device
+                            ),
+                        );
                     }
                 }
                 Action::Alert { kind, message } => {
@@ -548,12 +564,17 @@ impl Controller {
                         format!("{label} started: {canary} canary, {control} control"),
                     );
                     if stage == 0 {
-                        self.lifecycle(id, true, Status::Canary, now, "rollout started").await;
+                        self.lifecycle(id, true, Status::Canary, now, "rollout started")
+                            .await;
                     }
                 }
                 Action::StageAdvanced { from, to, reports } => {
                     let (a, b) = (self.stage_label(id, from), self.stage_label(id, to));
-                    self.note(id, now, format!("{a} passed ({}); {b} next", verdicts(&reports)));
+                    self.note(
+                        id,
+                        now,
+                        format!("{a} passed ({}); {b} next", verdicts(&reports)),
+                    );
                     let _ = self.app.audit.append(
                         now,
                         CONTROLLER,
@@ -599,10 +620,15 @@ impl Controller {
                         "rollout.halt",
                         json!({"rollout": id, "reason": reason, "reports": reports}),
                     );
-                    self.lifecycle(id, true, Status::Approved, now, "rollout halted").await;
+                    self.lifecycle(id, true, Status::Approved, now, "rollout halted")
+                        .await;
                 }
                 Action::Completed => {
-                    self.note(id, now, "completed: every stage passed; candidate committed".into());
+                    self.note(
+                        id,
+                        now,
+                        "completed: every stage passed; candidate committed".into(),
+                    );
                     self.app.alerting.observe(Observation::RolloutRunning {
                         rollout: id.to_owned(),
                     });
@@ -612,7 +638,8 @@ impl Controller {
                         "rollout.complete",
                         json!({"rollout": id}),
                     );
-                    self.lifecycle(id, true, Status::Deployed, now, "rollout completed").await;
+                    self.lifecycle(id, true, Status::Deployed, now, "rollout completed")
+                        .await;
                     self.lifecycle(id, false, Status::Deprecated, now, "superseded by rollout")
                         .await;
                 }
@@ -654,10 +681,7 @@ impl Controller {
             None => (None, None),
         };
         let cmd = Director::command(signed, release, url);
-        self.app
-            .mqtt
-            .publish_command(&planned.device, &cmd)
-            .await?;
+        self.app.mqtt.publish_command(&planned.device, &cmd).await?;
         self.app.metrics.directives.inc();
         if let Some(r) = self.rollouts.get_mut(&planned.key.rollout) {
             r.handle_directive_sent(now, &planned.key, sequence)
@@ -682,7 +706,13 @@ impl Controller {
             return;
         }
         let from = v.status;
-        match registry::transition(&mut v, to, CONTROLLER, now, Some(format!("{reason} ({id})"))) {
+        match registry::transition(
+            &mut v,
+            to,
+            CONTROLLER,
+            now,
+            Some(format!("{reason} ({id})")),
+        ) {
             Ok(()) => {
                 if let Err(e) = self.store().put_version(&v) {
                     tracing::error!(error = %e, "lifecycle not stored");
@@ -704,7 +734,10 @@ impl Controller {
         self.rollouts
             .get(id)
             .and_then(|r| r.snapshot().spec.plan.stages.get(stage as usize))
-            .map_or_else(|| format!("stage {}", stage + 1), |s| s.label(stage as usize))
+            .map_or_else(
+                || format!("stage {}", stage + 1),
+                |s| s.label(stage as usize),
+            )
     }
 
     fn note(&mut self, id: &str, at: u64, what: String) {
@@ -817,7 +850,10 @@ pub(crate) async fn start_rollout(
     if req.plan.len() > crate::rollout::MAX_PLAN_BYTES {
         return Err(ApiError::bad_request("the plan is larger than 64 KiB"));
     }
-    let v = ask(&app, |tx| Input::Start(Box::new(req), caller.name.clone(), tx)).await?;
+    let v = ask(&app, |tx| {
+        Input::Start(Box::new(req), caller.name.clone(), tx)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(v)))
 }
 
@@ -850,7 +886,9 @@ pub(crate) async fn show_rollout(
     let v = view
         .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("no rollout {id}")))?;
-    Ok(Json(serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))?))
+    Ok(Json(
+        serde_json::to_value(v).map_err(|e| ApiError::internal(e.to_string()))?,
+    ))
 }
 
 pub(crate) async fn operate_rollout(
@@ -869,9 +907,11 @@ pub(crate) async fn operate_rollout(
             )));
         }
     };
-    ask(&app, |tx| Input::Operator(id, command, caller.name.clone(), tx))
-        .await
-        .map(Json)
+    ask(&app, |tx| {
+        Input::Operator(id, command, caller.name.clone(), tx)
+    })
+    .await
+    .map(Json)
 }
 
 /// The body of `POST /v1/models/{name}/{version}/deploy`.
@@ -895,7 +935,9 @@ pub(crate) async fn deploy(
     let caller = authorize(&app, &headers, Permission::Operate)?;
     let req = body.map(|Json(b)| b).unwrap_or_default();
     let director = app.director.clone().ok_or_else(|| {
-        ApiError::conflict("this server has no director key: start `outpost serve` with --director-key")
+        ApiError::conflict(
+            "this server has no director key: start `outpost serve` with --director-key",
+        )
     })?;
     let now = now_unix();
     let _guard = app.registry_lock.lock().await;
@@ -968,7 +1010,14 @@ pub(crate) async fn deploy(
     }
     for other in &others {
         if let Ok(Some(mut o)) = app.store.get_version(&name, other)
-            && registry::transition(&mut o, Status::Deprecated, &caller.name, now, Some(format!("superseded by {version} (deploy)"))).is_ok()
+            && registry::transition(
+                &mut o,
+                Status::Deprecated,
+                &caller.name,
+                now,
+                Some(format!("superseded by {version} (deploy)")),
+            )
+            .is_ok()
         {
             app.store.put_version(&o)?;
         }
@@ -981,6 +1030,8 @@ pub(crate) async fn deploy(
         json!({"name": name, "version": version, "from": from, "group": req.group,
                "directives": sent, "notes": notes, "superseded": others}),
     )?;
-    Ok(Json(json!({"name": name, "version": version, "status": v.status,
-                    "directives": sent, "notes": notes})))
+    Ok(Json(
+        json!({"name": name, "version": version, "status": v.status,
+                    "directives": sent, "notes": notes}),
+    ))
 }

@@ -62,7 +62,13 @@ fn status(server: &Server, token: &str, id: &str) -> Value {
 }
 
 fn state_name(v: &Value) -> String {
-    v["state"].as_object().unwrap().keys().next().unwrap().clone()
+    v["state"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone()
 }
 
 #[test]
@@ -106,7 +112,13 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
         &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)],
         5,
     );
-    assert!(v["error"].as_str().unwrap().contains("no version of digits is deployed"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no version of digits is deployed"),
+        "{v}"
+    );
 
     // The first install: no device yet, so no directive; 1.0.0 is deployed.
     let v = server.json(&op, &["model", "deploy", "digits", "1.0.0"], 0);
@@ -114,7 +126,10 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
     assert_eq!(v["directives"].as_array().unwrap().len(), 0, "{v}");
     // Deploying 1.1.0 over it is refused: that is what rollouts are for.
     let v = server.json(&op, &["model", "deploy", "digits", "1.1.0"], 5);
-    assert!(v["error"].as_str().unwrap().contains("rollout start"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("rollout start"),
+        "{v}"
+    );
 
     // Four devices run 1.0.0.
     let fleet = Device::connect(server.mqtt_port(), "fleet");
@@ -132,15 +147,35 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
     // Bad plans and bad targets are refused with the reason.
     let bad = d.join("bad.toml");
     std::fs::write(&bad, "[[stage]]\npercent = 150\nmax_duration = \"1h\"\n").unwrap();
-    let v = server.json(&op, &["rollout", "start", "digits@1.1.0", "--plan", s(&bad)], 2);
+    let v = server.json(
+        &op,
+        &["rollout", "start", "digits@1.1.0", "--plan", s(&bad)],
+        2,
+    );
     assert!(v["error"].as_str().unwrap().contains("stage[0]"), "{v}");
-    server.json(&op, &["rollout", "start", "digits1.1.0", "--plan", s(&plan)], 2);
-    server.json(&op, &["rollout", "start", "digits@9.9.9", "--plan", s(&plan)], 4);
-    server.json(&viewer, &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)], 3);
+    server.json(
+        &op,
+        &["rollout", "start", "digits1.1.0", "--plan", s(&plan)],
+        2,
+    );
+    server.json(
+        &op,
+        &["rollout", "start", "digits@9.9.9", "--plan", s(&plan)],
+        4,
+    );
+    server.json(
+        &viewer,
+        &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)],
+        3,
+    );
 
     // Start: half the fleet gets a signed canary deploy, with the release
     // metadata and the artifact URL.
-    let v = server.json(&op, &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)], 0);
+    let v = server.json(
+        &op,
+        &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)],
+        0,
+    );
     let id = v["id"].as_str().unwrap().to_owned();
     assert_eq!(id, "digits-1.1.0-1");
     assert_eq!(state_name(&v), "running", "{v}");
@@ -157,9 +192,15 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
             other => panic!("expected a canary deploy, got {other:?}"),
         }
         assert_eq!(directive.rollout.as_ref().unwrap().rollout, id);
-        assert!(cmd.release.is_some(), "the release metadata travels with it");
         assert!(
-            cmd.artifact_url.as_deref().unwrap().contains("/v1/artifacts/"),
+            cmd.release.is_some(),
+            "the release metadata travels with it"
+        );
+        assert!(
+            cmd.artifact_url
+                .as_deref()
+                .unwrap()
+                .contains("/v1/artifacts/"),
             "{:?}",
             cmd.artifact_url
         );
@@ -173,7 +214,11 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
         "canary"
     );
     // One rollout of a model at a time.
-    server.json(&op, &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)], 5);
+    server.json(
+        &op,
+        &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)],
+        5,
+    );
 
     // Pause and resume; resuming twice is a conflict.
     let v = server.json(&op, &["rollout", "pause", &id], 0);
@@ -223,7 +268,11 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
     let max_before = canary.values().max().copied().unwrap();
     for (device, directive, _) in &back {
         assert!(canary.contains_key(device), "{device} was not a canary");
-        assert!(directive.sequence > max_before, "{} ≤ {max_before}", directive.sequence);
+        assert!(
+            directive.sequence > max_before,
+            "{} ≤ {max_before}",
+            directive.sequence
+        );
         match &directive.action {
             DirectiveAction::Rollback { target } => assert_eq!(target.version, "1.0.0"),
             other => panic!("expected a rollback, got {other:?}"),
@@ -242,17 +291,30 @@ fn rollout_api_directives_operator_commands_and_a_sigkill_restart() {
         .iter()
         .filter_map(|e| e["action"].as_str())
         .collect();
-    for a in ["version.deploy", "rollout.start", "rollout.operator", "rollout.halt"] {
+    for a in [
+        "version.deploy",
+        "rollout.start",
+        "rollout.operator",
+        "rollout.halt",
+    ] {
         assert!(actions.contains(&a), "{a} not audited: {actions:?}");
     }
     server.json(&viewer, &["audit", "verify"], 0);
 
     // A rollout started inside the freeze waits: no stage, no directive.
-    let v = server.json(&op, &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)], 0);
+    let v = server.json(
+        &op,
+        &["rollout", "start", "digits@1.1.0", "--plan", s(&plan)],
+        0,
+    );
     assert_eq!(v["id"], "digits-1.1.0-2");
     assert_eq!(state_name(&v), "waiting", "{v}");
     assert_eq!(v["directives_sent"], 0, "{v}");
-    assert_eq!(v["held_until"], now + 86_400, "held until the freeze ends: {v}");
+    assert_eq!(
+        v["held_until"],
+        now + 86_400,
+        "held until the freeze ends: {v}"
+    );
     let v = server.json(&op, &["rollout", "abort", "digits-1.1.0-2"], 0);
     assert_eq!(state_name(&v), "halted", "{v}");
     server.stop();
@@ -284,7 +346,11 @@ fn demo_promotes_a_good_version_and_halts_a_bad_one() {
             .map(|e| {
                 let text = std::fs::read_to_string(e.path()).unwrap_or_default();
                 let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                format!("== {}\n{}", e.path().display(), tail.into_iter().rev().collect::<Vec<_>>().join("\n"))
+                format!(
+                    "== {}\n{}",
+                    e.path().display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                )
             })
             .collect::<Vec<_>>()
             .join("\n")
