@@ -17,6 +17,7 @@ pub mod clock;
 pub mod director;
 pub mod drift;
 pub mod eval;
+pub mod harness;
 pub mod inventory;
 pub mod pack;
 pub mod registry;

@@ -66,10 +66,7 @@ pub(crate) fn run(cmd: AlertsCommand, json_out: bool, conn: &Conn) -> Result<()>
             })
         }
         AlertsCommand::Ack { rule, subject } => {
-            let v = client.post(
-                "/v1/alerts/ack",
-                &json!({"rule": rule, "subject": subject}),
-            )?;
+            let v = client.post("/v1/alerts/ack", &json!({"rule": rule, "subject": subject}))?;
             emit(json_out, &v, || {
                 println!("{rule}/{subject}: {}", state(&v["alert"]));
             })

@@ -305,4 +305,3 @@ pub struct Snapshot {
 impl Snapshot {
     pub const FORMAT: u32 = 1;
 }
-

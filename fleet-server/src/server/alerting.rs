@@ -87,7 +87,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub(crate) use config::{AlertsConfig, SinkConfig};
+pub(crate) use config::AlertsConfig;
+use config::SinkConfig;
 
 use super::App;
 use super::http::{ApiError, ApiResult, authorize};
@@ -227,6 +228,7 @@ struct Shell {
     /// What `alerts/firing` holds.
     persisted: Vec<Alert>,
 }
+
 /// How long until Unix second `at` (a few ms late rather than early: the
 /// core compares whole seconds).
 fn until(at: u64) -> Duration {
@@ -246,7 +248,7 @@ pub(crate) async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let Inbox { mut rx, view } = inbox;
-    let mut sinks = BTreeMap::new();
+    let mut by_name = BTreeMap::new();
     for s in &config.sinks {
         let sink = match s {
             SinkConfig::Webhook {
@@ -265,12 +267,17 @@ pub(crate) async fn run(
             }
             SinkConfig::Mqtt { name, topic } => {
                 let (tx, rx) = mpsc::channel(sinks::SINK_QUEUE);
-                tokio::spawn(sinks::mqtt_worker(app.clone(), name.clone(), topic.clone(), rx));
+                tokio::spawn(sinks::mqtt_worker(
+                    app.clone(),
+                    name.clone(),
+                    topic.clone(),
+                    rx,
+                ));
                 Sink::Queue(tx)
             }
             SinkConfig::Log { .. } => Sink::Log,
         };
-        sinks.insert(s.name().to_owned(), sink);
+        by_name.insert(s.name().to_owned(), sink);
     }
     let rules: BTreeMap<String, Rule> = config
         .rules
@@ -294,12 +301,17 @@ pub(crate) async fn run(
         app: app.clone(),
         rules,
         carried,
-        sinks,
+        sinks: by_name,
         view,
         persisted,
     };
     shell.publish();
-    let ticker = tokio::spawn(observe::tick(app, observe::watched(&config.rules), every, stop.clone()));
+    let ticker = tokio::spawn(observe::tick(
+        app,
+        observe::watched(&config.rules),
+        every,
+        stop.clone(),
+    ));
     loop {
         let wake = shell.engine.poll_timeout().map(until);
         let escalation = async move {
@@ -348,7 +360,12 @@ fn concerns(cond: &Condition, subject: &str, obs: &Observation) -> bool {
             Condition::MetricAbove { metric, .. } | Condition::MetricBelow { metric, .. },
             Observation::Metric { name, .. },
         ) => metric == name && subject == name,
-        (Condition::Drift { model, .. }, Observation::Drift { model: m, feature, .. })
+        (
+            Condition::Drift { model, .. },
+            Observation::Drift {
+                model: m, feature, ..
+            },
+        )
         | (
             Condition::Completeness { model, .. },
             Observation::Completeness {
@@ -542,9 +559,9 @@ pub(crate) async fn ack_alert(
         .ack(id, &caller.name)
         .await
         .map_err(|e| match e {
-            AckRefused::NotFiring(id) => ApiError::not_found(format!(
-                "no firing alert {id} (see `outpost alerts list`)"
-            )),
+            AckRefused::NotFiring(id) => {
+                ApiError::not_found(format!("no firing alert {id} (see `outpost alerts list`)"))
+            }
             AckRefused::Stopped => ApiError::internal("the alerting task has stopped"),
         })?;
     app.audit.append(

@@ -169,7 +169,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             get(rollouts::list_rollouts).post(rollouts::start_rollout),
         )
         .route("/v1/rollouts/{id}", get(rollouts::show_rollout))
-        .route("/v1/rollouts/{id}/{command}", post(rollouts::operate_rollout))
+        .route(
+            "/v1/rollouts/{id}/{command}",
+            post(rollouts::operate_rollout),
+        )
         .route("/v1/models/{name}/{version}/deploy", post(rollouts::deploy))
         .route(
             "/v1/drift/{name}/{version}",

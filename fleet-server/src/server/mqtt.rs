@@ -340,9 +340,10 @@ fn apply(
             id.clone(),
             Box::new(e.kind.clone()),
         )),
-        DeviceMessage::State(s) => app
-            .rollouts
-            .send(super::rollouts::Input::State(id.clone(), Box::new(s.clone()))),
+        DeviceMessage::State(s) => app.rollouts.send(super::rollouts::Input::State(
+            id.clone(),
+            Box::new(s.clone()),
+        )),
         _ => {}
     }
     let _guard = app.devices_lock.lock().unwrap_or_else(|p| p.into_inner());

@@ -42,9 +42,7 @@ impl Mqtt {
             for ev in conn.iter() {
                 let seen = match ev {
                     Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        Seen::Publish(p.payload.to_vec())
-                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => Seen::Publish(p.payload.to_vec()),
                     Ok(_) => continue,
                     Err(_) => {
                         // The broker went away (a restart): stop.
@@ -270,7 +268,10 @@ fn devices_offline_fires_a_webhook_escalates_over_mqtt_and_ack_stops_escalation(
     server.json(&op, &["alerts", "ack", "offline", "fleet"], 0);
     let listed = server.json(&viewer, &["alerts", "list"], 0);
     let a = alert(&listed, "offline");
-    assert_eq!((&a["escalated"], &a["acknowledged"][1]), (&Value::Bool(true), &Value::from("otto")));
+    assert_eq!(
+        (&a["escalated"], &a["acknowledged"][1]),
+        (&Value::Bool(true), &Value::from("otto"))
+    );
     let a = alert(&listed, "offline-acked");
     assert_eq!(a["escalated"], false, "acknowledged in time: {a}");
     let out = server.cli(&viewer, &["alerts", "list"]);
@@ -293,7 +294,11 @@ fn devices_offline_fires_a_webhook_escalates_over_mqtt_and_ack_stops_escalation(
     let dev = Mqtt::connect(server.mqtt_port(), "pump-9-again");
     dev.send("pump-9", birth(2, "rpi5"));
     let resolved = hook.wait_kind("resolved", &["offline", "offline-acked", "offline-late"]);
-    assert!(resolved.iter().all(|v| v["alert"]["id"]["subject"] == "fleet"));
+    assert!(
+        resolved
+            .iter()
+            .all(|v| v["alert"]["id"]["subject"] == "fleet")
+    );
     wait_for("the list to empty", T, || {
         let v = server.json(&viewer, &["alerts", "list"], 0);
         v["alerts"].as_array().unwrap().is_empty().then_some(())

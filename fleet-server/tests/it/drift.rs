@@ -167,10 +167,17 @@ fn fleet_drift_by_group_and_time_and_a_drift_alert_on_the_shifted_feature() {
 
     // Nothing yet: an empty report; unknown versions and bad input refused.
     let v = report(&server, &viewer, &[]);
-    assert_eq!((v["windows"].as_u64(), v["requests"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (v["windows"].as_u64(), v["requests"].as_u64()),
+        (Some(0), Some(0))
+    );
     server.json(&viewer, &["drift", "digits@9.9.9"], 4);
     server.json(&viewer, &["drift", "digits"], 2);
-    let v = server.json(&viewer, &["drift", "digits@1.0.0", "--since", "yesterday"], 2);
+    let v = server.json(
+        &viewer,
+        &["drift", "digits@1.0.0", "--since", "yesterday"],
+        2,
+    );
     assert!(v["error"].as_str().unwrap().contains("duration"), "{v}");
 
     // cam-1 (rpi5, group calm) sees the training distribution; cam-2
@@ -224,7 +231,10 @@ fn fleet_drift_by_group_and_time_and_a_drift_alert_on_the_shifted_feature() {
 
     // The calm group: every feature as in training.
     let calm = report(&server, &viewer, &["--group", "calm"]);
-    assert_eq!((calm["windows"].as_u64(), calm["devices"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (calm["windows"].as_u64(), calm["devices"].as_u64()),
+        (Some(2), Some(1))
+    );
     assert_eq!(
         column(&calm, &feature)["completeness"]["count"].as_u64(),
         Some(2 * requests)
@@ -233,7 +243,7 @@ fn fleet_drift_by_group_and_time_and_a_drift_alert_on_the_shifted_feature() {
 
     // The odd group: the zeroed pixel, and only it, drifts.
     let odd = report(&server, &viewer, &["--group", "odd"]);
-    assert_eq!(drifting(&odd), [feature.clone()]);
+    assert_eq!(drifting(&odd), std::slice::from_ref(&feature));
     let psi = column(&odd, &feature)["psi"]["value"].as_f64().unwrap();
     assert!(psi > 0.1, "PSI {psi}");
     assert_eq!(odd["by_class"][0]["class"], "jetson");
@@ -260,7 +270,11 @@ fn fleet_drift_by_group_and_time_and_a_drift_alert_on_the_shifted_feature() {
 
     // Once the version is live, the drift rule fires for that feature only.
     let v = server.json(&viewer, &["alerts", "list"], 0);
-    assert_eq!(v["alerts"], serde_json::json!([]), "a draft is not watched: {v}");
+    assert_eq!(
+        v["alerts"],
+        serde_json::json!([]),
+        "a draft is not watched: {v}"
+    );
     server.json(&ann, &["model", "approve", "digits", "1.0.0"], 0);
     server.json(&bob, &["model", "approve", "digits", "1.0.0"], 0);
     server.json(

@@ -363,7 +363,7 @@ fn demo_promotes_a_good_version_and_halts_a_bad_one() {
         logs()
     );
     for needle in [
-        "[7/7]",
+        "[4/4]",
         "digits 1.1.0 is promoted",
         "completed: every stage passed",
         "HALTED",

@@ -32,7 +32,9 @@ impl<'de> Deserialize<'de> for Span {
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Span, E> {
                 parse_duration(v).map(Span).ok_or_else(|| {
-                    E::custom(format!("{v:?}: expected a duration such as 90s, 10m, 1h, 2d"))
+                    E::custom(format!(
+                        "{v:?}: expected a duration such as 90s, 10m, 1h, 2d"
+                    ))
                 })
             }
         }
@@ -113,7 +115,8 @@ pub(crate) struct AlertsConfig {
 fn check_condition(rule: &str, c: &Condition) -> Result<(), String> {
     let bad = |what: &str| Err(format!("rule {rule:?}: {what}"));
     match c {
-        Condition::MetricAbove { metric, threshold } | Condition::MetricBelow { metric, threshold } => {
+        Condition::MetricAbove { metric, threshold }
+        | Condition::MetricBelow { metric, threshold } => {
             if metric.is_empty() {
                 return bad("the metric name is empty");
             }
@@ -250,7 +253,6 @@ impl AlertsConfig {
 pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::alerts::Escalation;
 
     pub(in super::super) const GOOD: &str = r#"
         [[sink]]
@@ -292,20 +294,35 @@ pub(super) mod tests {
                 sink: "pager".into()
             })
         );
-        assert_eq!(c.rules[1].condition, Condition::Drift {
-            model: "digits".into(),
-            psi: 0.2
-        });
+        assert_eq!(
+            c.rules[1].condition,
+            Condition::Drift {
+                model: "digits".into(),
+                psi: 0.2
+            }
+        );
     }
 
     #[test]
     fn bad_files_are_refused_with_the_reason() {
         let cases = [
-            (GOOD.replace("sink = \"pager\" }", "sink = \"pagr\" }"), "\"pagr\", which is not defined"),
-            (GOOD.replace("name = \"console\"", "name = \"ops\""), "defined twice"),
-            (GOOD.replace("http://127", "ftp://127"), "must start with http"),
+            (
+                GOOD.replace("sink = \"pager\" }", "sink = \"pagr\" }"),
+                "\"pagr\", which is not defined",
+            ),
+            (
+                GOOD.replace("name = \"console\"", "name = \"ops\""),
+                "defined twice",
+            ),
+            (
+                GOOD.replace("http://127", "ftp://127"),
+                "must start with http",
+            ),
             (GOOD.replace("ops/alerts", "ops/#"), "wildcards"),
-            (GOOD.replace("\"10m\"", "\"10 parsecs\""), "expected a duration"),
+            (
+                GOOD.replace("\"10m\"", "\"10 parsecs\""),
+                "expected a duration",
+            ),
             (GOOD.replace("psi = 0.2", "psi = -1.0"), "psi must be"),
             (GOOD.replace("kind = \"log\"", "kind = \"email\""), "email"),
             (GOOD.replace("timeout = 3", "retries = 3"), "retries"),

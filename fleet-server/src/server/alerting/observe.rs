@@ -40,7 +40,12 @@ pub(super) fn watched(rules: &[Rule]) -> Watched {
     w
 }
 
-pub(super) async fn tick(app: Arc<App>, watched: Watched, every: Duration, mut stop: watch::Receiver<bool>) {
+pub(super) async fn tick(
+    app: Arc<App>,
+    watched: Watched,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
     if !watched.offline && watched.models.is_empty() {
         return;
     }

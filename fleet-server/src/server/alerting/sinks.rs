@@ -60,7 +60,12 @@ pub(super) async fn webhook_worker(
     }
 }
 
-pub(super) async fn mqtt_worker(app: Arc<App>, name: String, topic: String, mut rx: mpsc::Receiver<Vec<u8>>) {
+pub(super) async fn mqtt_worker(
+    app: Arc<App>,
+    name: String,
+    topic: String,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
     while let Some(body) = rx.recv().await {
         let sent = tokio::time::timeout(
             Duration::from_secs(DEFAULT_TIMEOUT_SECS),

@@ -1,0 +1,708 @@
+//! A whole fleet on this machine, from real processes: `outpost serve`
+//! (embedded broker on a free port, sled store), N device agents, and the
+//! operator's CLI; plus the apps' traffic. `outpost demo` tells a story
+//! with it; the whole-system tests (`firmware-tests/`) inject faults into
+//! it. Nothing here is simulated: every step is the binary a user runs.
+//!
+//! Children are killed and reaped when the [`Fleet`] (or [`Procs`]) is
+//! dropped, and stop by themselves when the owner dies: each watches its
+//! standard input, whose write end only the owner holds.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+/// The digits test split bundled with the runtime's fixtures.
+pub const DIGITS_X: &[u8] = include_bytes!("../../runtime/tests/fixtures/digits/digits_test_x.npy");
+pub const DIGITS_Y: &[u8] = include_bytes!("../../runtime/tests/fixtures/digits/digits_test_y.npy");
+/// The example card (`version = "1.0.0"`, digits).
+pub const CARD: &str = include_str!("../examples/card.toml");
+
+/// Child processes, by name; killed and reaped on drop.
+#[derive(Debug, Default)]
+pub struct Procs(Vec<(String, Child)>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+        }
+        for (_, c) in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Procs {
+    /// Starts `exe args` with stderr to `log` and a piped stdin (the child
+    /// is told to stop when it closes), and returns the first stdout line
+    /// that starts with `prefix` (its "listening …" line).
+    pub fn spawn(
+        &mut self,
+        name: &str,
+        exe: &Path,
+        args: &[String],
+        log: &Path,
+        prefix: &str,
+        timeout: Duration,
+    ) -> Result<String> {
+        let err = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .env_remove("OUTPOST_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name} ({})", exe.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("{name}: no stdout"))?;
+        self.0.push((name.to_owned(), child));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prefix = prefix.to_owned();
+        std::thread::spawn(move || {
+            // Reads every line so the child never blocks on a full pipe.
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !sent && line.starts_with(&prefix) {
+                    let _ = tx.send(line);
+                    sent = true;
+                }
+            }
+        });
+        rx.recv_timeout(timeout).map_err(|_| {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            anyhow!(
+                "{name} did not start within {}s; the end of {}:\n{}",
+                timeout.as_secs(),
+                log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+    }
+
+    /// A child that exited on its own: its name and status.
+    pub fn exited(&mut self) -> Option<String> {
+        self.0.iter_mut().find_map(|(n, c)| {
+            c.try_wait()
+                .ok()
+                .flatten()
+                .map(|s| format!("{n} exited ({s})"))
+        })
+    }
+
+    /// SIGKILLs `name` and reaps it; false when there is no such child.
+    pub fn kill(&mut self, name: &str) -> bool {
+        let Some(i) = self.0.iter().position(|(n, _)| n == name) else {
+            return false;
+        };
+        let (_, mut c) = self.0.remove(i);
+        let _ = c.kill();
+        let _ = c.wait();
+        true
+    }
+}
+
+/// Which executable runs the device agents.
+#[derive(Debug, Clone)]
+pub enum AgentExe {
+    /// `outpost agent run` (the demo: one executable).
+    Outpost(PathBuf),
+    /// `outpost-agent run` (the device daemon itself).
+    Agent(PathBuf),
+}
+
+/// How to build a fleet.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Keys, packages, stores and logs go here.
+    pub dir: PathBuf,
+    /// The `outpost` executable.
+    pub outpost: PathBuf,
+    pub agent: AgentExe,
+    pub devices: usize,
+    /// Device classes the agents are spread over, round robin.
+    pub classes: Vec<String>,
+    /// Agents' telemetry window.
+    pub window_secs: u32,
+    /// The server's `--rollout-evaluate-every`.
+    pub evaluate_every: u64,
+    /// Longest wait of any one step.
+    pub step_timeout: Duration,
+}
+
+/// A running fleet: server, agents, and the tokens of an operator and two
+/// approvers.
+#[derive(Debug)]
+pub struct Fleet {
+    pub opts: FleetOptions,
+    pub procs: Procs,
+    pub keys: PathBuf,
+    pub logs: PathBuf,
+    /// `http://host:port` of the server.
+    pub server: String,
+    /// `host:port` of its broker.
+    pub mqtt: String,
+    pub admin: String,
+    pub operator: String,
+    pub approvers: [String; 2],
+    /// Device ids, and their local API addresses.
+    pub ids: Vec<String>,
+    pub apis: Vec<String>,
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+/// Runs `outpost --json ARGS` against `server` as `token`'s holder and
+/// returns its JSON.
+pub fn outpost_json(
+    exe: &Path,
+    server: Option<&str>,
+    token: Option<&str>,
+    args: &[&str],
+) -> Result<Value> {
+    let mut c = Command::new(exe);
+    c.arg("--json").args(args).env_remove("OUTPOST_TOKEN");
+    if let Some(server) = server {
+        c.env("OUTPOST_SERVER", server);
+    }
+    if let Some(t) = token {
+        c.env("OUTPOST_TOKEN", t);
+    }
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running outpost {}", args.join(" ")))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "`outpost {}` failed ({}): {}{}",
+            args.join(" "),
+            out.status,
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    serde_json::from_str(&stdout)
+        .with_context(|| format!("`outpost {}` printed no JSON: {stdout}", args.join(" ")))
+}
+
+/// Polls `f` every 200 ms until it returns Some, for at most `timeout`.
+pub fn wait<T>(
+    what: &str,
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {}s waiting for {what}", timeout.as_secs());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Writes a device class's target profile (this machine's arch).
+fn write_target(dir: &Path, class: &str) -> Result<()> {
+    std::fs::write(
+        dir.join(format!("{class}.toml")),
+        format!(
+            "name = \"{class}\"\ndescription = \"outpost test device class\"\narch = \"{arch}\"\n\
+             triple = \"{arch}-unknown-linux-gnu\"\ncores = 2\nmemory_mb = 1024\n\
+             accelerators = []\npreferred_engine = \"cpu\"\nthreads = 1\n",
+            arch = std::env::consts::ARCH
+        ),
+    )?;
+    Ok(())
+}
+
+impl Fleet {
+    /// Generates keys, starts the server and the agents, creates the
+    /// tokens and waits until every device is online.
+    pub fn start(opts: FleetOptions) -> Result<Fleet> {
+        let logs = opts.dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let keys = opts.dir.join("keys");
+        outpost_json(
+            &opts.outpost,
+            None,
+            None,
+            &["keys", "init", "--dir", &s(&keys)],
+        )?;
+        let mut fleet = Fleet {
+            procs: Procs::default(),
+            keys,
+            logs,
+            server: String::new(),
+            mqtt: String::new(),
+            admin: String::new(),
+            operator: String::new(),
+            approvers: [String::new(), String::new()],
+            ids: vec![],
+            apis: vec![],
+            opts,
+        };
+        fleet.start_server()?;
+        let token = |name: &str, role: &str| -> Result<String> {
+            let v = fleet.cli(
+                Some(&fleet.admin),
+                &["tokens", "create", "--role", role, "--name", name],
+            )?;
+            v["token"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("no token in {v}"))
+        };
+        let (operator, ada, grace) = (
+            token("olivia", "operator")?,
+            token("ada", "approver")?,
+            token("grace", "approver")?,
+        );
+        fleet.operator = operator;
+        fleet.approvers = [ada, grace];
+        fleet.start_agents()?;
+        let n = fleet.ids.len();
+        fleet.wait(&format!("{n} devices to come online"), || {
+            let online = fleet
+                .devices()?
+                .iter()
+                .filter(|d| d["online"] == json!(true))
+                .count();
+            Ok((online >= n).then_some(()))
+        })?;
+        Ok(fleet)
+    }
+
+    /// Starts `outpost serve` on free ports over `dir/server` (again after
+    /// [`Fleet::kill_server`]: the same store, new ports).
+    pub fn start_server(&mut self) -> Result<()> {
+        let token_file = self.opts.dir.join("admin.token");
+        let line = self.procs.spawn(
+            "server",
+            &self.opts.outpost,
+            &[
+                "serve".into(),
+                "--data-dir".into(),
+                s(&self.opts.dir.join("server")),
+                "--http".into(),
+                "127.0.0.1:0".into(),
+                "--mqtt-port".into(),
+                self.mqtt
+                    .rsplit(':')
+                    .next()
+                    .filter(|p| !p.is_empty())
+                    .unwrap_or("0")
+                    .to_owned(),
+                "--director-key".into(),
+                s(&self.keys.join("director.pk8")),
+                "--root".into(),
+                s(&self.keys.join("root.signed")),
+                "--init-admin-token-file".into(),
+                s(&token_file),
+                "--rollout-evaluate-every".into(),
+                self.opts.evaluate_every.to_string(),
+                "--exit-on-stdin-eof".into(),
+            ],
+            &self.logs.join("server.log"),
+            "listening ",
+            Duration::from_secs(60),
+        )?;
+        let field = |k: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(k))
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow!("no {k} in {line:?}"))
+        };
+        self.server = format!("http://{}", field("http=")?);
+        self.mqtt = field("mqtt=")?;
+        self.admin = std::fs::read_to_string(&token_file)?.trim().to_owned();
+        Ok(())
+    }
+
+    /// SIGKILLs the server.
+    pub fn kill_server(&mut self) -> bool {
+        self.procs.kill("server")
+    }
+
+    fn start_agents(&mut self) -> Result<()> {
+        let agents = self.opts.dir.join("agents");
+        let targets = agents.join("targets");
+        std::fs::create_dir_all(&targets)?;
+        for class in &self.opts.classes {
+            write_target(&targets, class)?;
+        }
+        let root = self.keys.join("root.signed");
+        for i in 1..=self.opts.devices {
+            let id = format!("dev-{i:03}");
+            let class = self
+                .opts
+                .classes
+                .get((i - 1) % self.opts.classes.len().max(1))
+                .cloned()
+                .unwrap_or_else(|| "edge".into());
+            if self.opts.classes.is_empty() {
+                write_target(&targets, &class)?;
+            }
+            let config = agents.join(format!("{id}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "device_id = \"{id}\"\ntarget = \"{class}\"\ndata_dir = \"{id}\"\n\n\
+                     [mqtt]\nurl = \"mqtt://{mqtt}\"\nkeep_alive_secs = 5\n\n\
+                     [trust]\nroot = \"{root}\"\n\n[api]\nbind = \"127.0.0.1:0\"\n\n\
+                     [telemetry]\nwindow_secs = {window}\n",
+                    mqtt = self.mqtt,
+                    root = root.display(),
+                    window = self.opts.window_secs
+                ),
+            )?;
+            let (exe, mut args) = match &self.opts.agent {
+                AgentExe::Outpost(p) => (p.clone(), vec!["agent".to_owned(), "run".into()]),
+                AgentExe::Agent(p) => (p.clone(), vec!["run".to_owned()]),
+            };
+            args.extend(["--config".into(), s(&config), "--exit-on-stdin-eof".into()]);
+            let line = self.procs.spawn(
+                &id,
+                &exe,
+                &args,
+                &self.logs.join(format!("{id}.log")),
+                "listening ",
+                Duration::from_secs(60),
+            )?;
+            let api = line
+                .strip_prefix("listening api=")
+                .ok_or_else(|| anyhow!("{id}: unexpected {line:?}"))?
+                .to_owned();
+            self.ids.push(id);
+            self.apis.push(api);
+        }
+        Ok(())
+    }
+
+    /// `outpost --json ARGS` against this server as `token`'s holder.
+    pub fn cli(&self, token: Option<&str>, args: &[&str]) -> Result<Value> {
+        outpost_json(&self.opts.outpost, Some(&self.server), token, args)
+    }
+
+    /// `GET path` as admin.
+    pub fn get(&self, path: &str) -> Result<Value> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(10)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut r = agent
+            .get(format!("{}{path}", self.server))
+            .header("Authorization", format!("Bearer {}", self.admin))
+            .call()
+            .with_context(|| format!("GET {path}"))?;
+        let status = r.status().as_u16();
+        let v: Value = r
+            .body_mut()
+            .read_json()
+            .with_context(|| format!("GET {path}"))?;
+        if status != 200 {
+            bail!("GET {path}: {status} {v}");
+        }
+        Ok(v)
+    }
+
+    /// The inventory.
+    pub fn devices(&self) -> Result<Vec<Value>> {
+        Ok(self.get("/v1/devices")?["devices"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    /// [`wait`] with the fleet's step timeout; fails early when a child died.
+    pub fn wait<T>(&self, what: &str, f: impl FnMut() -> Result<Option<T>>) -> Result<T> {
+        wait(what, self.opts.step_timeout, f)
+    }
+
+    /// Packs `model` as digits `version` (card, `reference` rows, the
+    /// digits eval set) and signs it with the release key.
+    pub fn package(&self, model: &Path, version: &str, reference: &Path) -> Result<PathBuf> {
+        let work = self.opts.dir.join("packages");
+        std::fs::create_dir_all(&work)?;
+        let eval = work.join("eval.npz");
+        if !eval.exists() {
+            let (x, y) = digits_tensors()?;
+            outpost_runtime::npy::write_npz(&eval, &[("input".into(), x), ("labels".into(), y)])?;
+        }
+        let card = work.join(format!("card-{version}.toml"));
+        std::fs::write(
+            &card,
+            CARD.replace("version = \"1.0.0\"", &format!("version = \"{version}\"")),
+        )?;
+        let pkg = work.join(format!("digits-{version}.opk"));
+        let ex = &self.opts.outpost;
+        outpost_json(
+            ex,
+            None,
+            None,
+            &[
+                "model",
+                "pack",
+                "--model",
+                &s(model),
+                "--card",
+                &s(&card),
+                "--reference",
+                &s(reference),
+                "--eval",
+                &s(&eval),
+                "--out",
+                &s(&pkg),
+            ],
+        )?;
+        outpost_json(
+            ex,
+            None,
+            None,
+            &[
+                "model",
+                "sign",
+                &s(&pkg),
+                "--key",
+                &s(&self.keys.join("release-1.pk8")),
+                "--root",
+                &s(&self.keys.join("root.signed")),
+            ],
+        )?;
+        Ok(pkg)
+    }
+
+    /// Pushes `pkg` as the operator and has both approvers approve it;
+    /// returns the push's JSON (with the registry's eval).
+    pub fn register(&self, pkg: &Path, version: &str) -> Result<Value> {
+        let pushed = self.cli(Some(&self.operator), &["model", "push", &s(pkg)])?;
+        for a in &self.approvers {
+            self.cli(Some(a), &["model", "approve", "digits", version])?;
+        }
+        Ok(pushed)
+    }
+
+    /// Devices of `ids` whose digits in a slot other than `previous` is
+    /// `version`, and those that serve it from the active slot.
+    fn holding(&self, ids: &[String], version: &str) -> Result<(usize, usize)> {
+        let mut holding = 0;
+        let mut serving = 0;
+        for d in self.devices()? {
+            if !ids.iter().any(|i| d["id"] == json!(i)) {
+                continue;
+            }
+            let slots: Vec<&Value> = d["installed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|i| i["name"] == "digits" && i["version"] == version)
+                .map(|i| &i["slot"])
+                .collect();
+            holding += usize::from(slots.iter().any(|s| *s != "previous"));
+            serving += usize::from(slots.iter().any(|s| *s == "active"));
+        }
+        Ok((holding, serving))
+    }
+
+    /// Waits until every device in `ids` serves digits `version` from its
+    /// active slot, as the inventory reports.
+    pub fn wait_serving(&self, ids: &[String], version: &str) -> Result<()> {
+        self.wait(
+            &format!("{} device(s) to serve digits {version}", ids.len()),
+            || Ok((self.holding(ids, version)?.1 == ids.len()).then_some(())),
+        )
+    }
+
+    /// Waits until no device in `ids` serves digits `version` or runs it
+    /// as a candidate (a canary rolled back).
+    pub fn wait_gone(&self, ids: &[String], version: &str) -> Result<()> {
+        self.wait(&format!("digits {version} to leave every device"), || {
+            Ok((self.holding(ids, version)?.0 == 0).then_some(()))
+        })
+    }
+
+    /// Starts a rollout of digits `version` with `plan`; returns its status.
+    pub fn start_rollout(&self, version: &str, plan: &Path) -> Result<Value> {
+        self.cli(
+            Some(&self.operator),
+            &[
+                "rollout",
+                "start",
+                &format!("digits@{version}"),
+                "--plan",
+                &s(plan),
+            ],
+        )
+    }
+
+    /// Polls rollout `id` until it ends, calling `each` with every status
+    /// seen; fails when a child exits or the step timeout passes.
+    pub fn follow(&mut self, id: &str, mut each: impl FnMut(&Value)) -> Result<Value> {
+        let deadline = Instant::now() + self.opts.step_timeout;
+        loop {
+            if let Some(dead) = self.procs.exited() {
+                bail!("{dead}; see the logs in {}", self.logs.display());
+            }
+            let v = self.get(&format!("/v1/rollouts/{id}"))?;
+            each(&v);
+            if is_final(&v) {
+                return Ok(v);
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "rollout {id} did not end within {}s: {}",
+                    self.opts.step_timeout.as_secs(),
+                    state_name(&v)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+/// A rollout status's state name (`State` serializes as `{"running": {…}}`).
+pub fn state_name(v: &Value) -> String {
+    match &v["state"] {
+        Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
+        Value::String(s) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// Whether the rollout ended (halted or completed).
+pub fn is_final(v: &Value) -> bool {
+    matches!(state_name(v).as_str(), "halted" | "completed")
+}
+
+/// The bundled digits test split as tensors (rows, labels).
+pub fn digits_tensors() -> Result<(outpost_runtime::Tensor, outpost_runtime::Tensor)> {
+    let x = outpost_runtime::npy::npy_from_bytes(DIGITS_X)
+        .map_err(|e| anyhow!("bundled test split: {e}"))?;
+    let y = outpost_runtime::npy::npy_from_bytes(DIGITS_Y)
+        .map_err(|e| anyhow!("bundled labels: {e}"))?;
+    Ok((x, y))
+}
+
+/// The bundled digits test split as rows (64 values each) and labels.
+pub fn digits_rows() -> Result<(Vec<f32>, Vec<i64>)> {
+    let (x, y) = digits_tensors()?;
+    let rows = x
+        .to_plain_array_view::<f32>()
+        .map_err(|e| anyhow!("test split: {e}"))?
+        .iter()
+        .copied()
+        .collect();
+    let labels = match y.to_plain_array_view::<i64>() {
+        Ok(l) => l.iter().copied().collect(),
+        Err(_) => y
+            .to_plain_array_view::<i32>()
+            .map_err(|e| anyhow!("labels: {e}"))?
+            .iter()
+            .map(|&v| i64::from(v))
+            .collect(),
+    };
+    Ok((rows, labels))
+}
+
+/// The apps on the devices: `rate` requests per second to each agent, rows
+/// of the digits test split, each answer followed by the true label as
+/// feedback. Stops (and joins its threads) on drop.
+#[derive(Debug)]
+pub struct Traffic {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicU64>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    pub fn start(apis: &[String], rate: u32) -> Result<Traffic> {
+        let (rows, labels) = digits_rows()?;
+        let (rows, labels) = (Arc::new(rows), Arc::new(labels));
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicU64::new(0));
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+        let threads = apis
+            .iter()
+            .enumerate()
+            .map(|(d, api)| {
+                let (rows, labels, stop, answered) =
+                    (rows.clone(), labels.clone(), stop.clone(), answered.clone());
+                let api = api.clone();
+                std::thread::spawn(move || {
+                    let agent: ureq::Agent = ureq::Agent::config_builder()
+                        .timeout_global(Some(Duration::from_secs(5)))
+                        .http_status_as_error(false)
+                        .build()
+                        .into();
+                    let n = labels.len().max(1);
+                    let mut i = d * 97;
+                    let mut next = Instant::now();
+                    while !stop.load(Ordering::Relaxed) {
+                        i = (i + 37) % n;
+                        let Some(row) = rows.get(i * 64..(i + 1) * 64) else {
+                            return;
+                        };
+                        let body = json!({"inputs": {"input": {"shape": [1, 64], "data": row}}});
+                        let answer: Option<Value> = agent
+                            .post(format!("http://{api}/v1/models/digits/infer"))
+                            .send_json(&body)
+                            .ok()
+                            .and_then(|mut r| r.body_mut().read_json().ok());
+                        if let Some(id) = answer.as_ref().and_then(|a| a["request_id"].as_str()) {
+                            let _ = agent
+                                .post(format!("http://{api}/v1/feedback"))
+                                .send_json(json!({"request_id": id, "labels": [labels[i]]}));
+                            answered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        next += period;
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        } else {
+                            next = now;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(Traffic {
+            stop,
+            answered,
+            threads,
+        })
+    }
+
+    /// Requests answered (and labelled) so far.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
