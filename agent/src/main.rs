@@ -20,9 +20,15 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Verify the configured models, serve them and report to the fleet.
+    /// Prints `listening api=HOST:PORT` on stdout once the local API
+    /// listens (port 0 in the config picks a free one).
     Run {
         #[arg(long, default_value = "/etc/outpost/agent.toml")]
         config: PathBuf,
+        /// Also stop when standard input closes (a supervising parent such
+        /// as a test harness went away, even by SIGKILL).
+        #[arg(long)]
+        exit_on_stdin_eof: bool,
     },
     /// Check the config (and the trust root and model files it names).
     CheckConfig {
@@ -75,7 +81,10 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run { config } => {
+        Command::Run {
+            config,
+            exit_on_stdin_eof,
+        } => {
             let config = match AgentConfig::load(&config) {
                 Ok(c) => c,
                 Err(e) => {
@@ -100,10 +109,26 @@ fn main() -> ExitCode {
             rt.block_on(async move {
                 let (tx, rx) = tokio::sync::watch::channel(false);
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    if exit_on_stdin_eof {
+                        tokio::select! {
+                            _ = wait_for_signal() => {}
+                            _ = stdin_closed() => {}
+                        }
+                    } else {
+                        wait_for_signal().await;
+                    }
                     let _ = tx.send(true);
                 });
-                match outpost_agent::run(state, rx, None).await {
+                let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+                tokio::spawn(async move {
+                    if let Ok(addr) = bound_rx.await {
+                        use std::io::Write;
+                        let mut out = std::io::stdout().lock();
+                        let _ = writeln!(out, "listening api={addr}");
+                        let _ = out.flush();
+                    }
+                });
+                match outpost_agent::run(state, rx, Some(bound_tx)).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("error: {e}");
@@ -113,6 +138,19 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// Resolves when standard input reaches its end.
+async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
 }
 
 async fn wait_for_signal() {

@@ -28,6 +28,12 @@ pub struct FeedbackLabels {
     pub correct: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    /// The check that refused it: decode, signature, sequence, expired, …
+    pub check: String,
+}
+
 type HistogramFamily = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
@@ -47,6 +53,7 @@ pub struct Metrics {
     pub unprofiled: Family<ModelLabels, Counter>,
     pub shadow_runs: Counter,
     pub update_persist_failures: Counter,
+    pub commands_refused: Family<CheckLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -136,6 +143,12 @@ impl Default for Metrics {
             "Broker connections lost",
             mqtt_reconnects.clone(),
         );
+        let commands_refused = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "commands_refused",
+            "Commands refused (undecodable, or failing a trust check), by check; each is also reported as a verification_failed event",
+            commands_refused.clone(),
+        );
         registry.register(
             "store_recreated",
             "Times the store failed to open and was recreated",
@@ -157,6 +170,7 @@ impl Default for Metrics {
             unprofiled,
             shadow_runs,
             update_persist_failures,
+            commands_refused,
         }
     }
 }

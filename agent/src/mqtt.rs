@@ -441,6 +441,15 @@ fn publish_event(
     topic: &impl Fn(TopicKind) -> String,
     kind: EventKind,
 ) {
+    if let EventKind::VerificationFailed { check, .. } = &kind {
+        state
+            .metrics
+            .commands_refused
+            .get_or_create(&crate::metrics::CheckLabels {
+                check: check.clone(),
+            })
+            .inc();
+    }
     let seq = state.next_event_seq();
     let ev = state.encode(&DeviceMessage::Event(Event {
         seq,

@@ -83,12 +83,19 @@ impl Procs {
                 }
             }
         });
-        rx.recv_timeout(timeout).map_err(|_| {
+        rx.recv_timeout(timeout).map_err(|e| {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            let why = match e {
+                std::sync::mpsc::RecvTimeoutError::Timeout => {
+                    format!("did not listen within {}s", timeout.as_secs())
+                }
+                std::sync::mpsc::RecvTimeoutError::Disconnected => {
+                    "exited before it listened".to_owned()
+                }
+            };
             anyhow!(
-                "{name} did not start within {}s; the end of {}:\n{}",
-                timeout.as_secs(),
+                "{name} {why}; the end of {}:\n{}",
                 log.display(),
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")
             )

@@ -283,12 +283,17 @@ pub async fn run(
         stop_rx.clone(),
     ));
     let mqtt_task = tokio::spawn(mqtt::drive(app.clone(), eventloop, stop_rx.clone()));
+    let (restored_tx, restored_rx) = tokio::sync::oneshot::channel();
     let rollout_task = tokio::spawn(rollouts::run(
         app.clone(),
         app.config.rollout.clone(),
         rollouts_rx,
         stop_rx.clone(),
+        restored_tx,
     ));
+    // The stored rollouts are restored before the API answers; a task that
+    // died while restoring was logged, and the server serves without it.
+    let _ = restored_rx.await;
     on_listening(&Listening {
         http: http_addr,
         mqtt: mqtt_shown,

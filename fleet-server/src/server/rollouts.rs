@@ -155,12 +155,15 @@ struct Controller {
     order: Vec<String>,
 }
 
-/// Runs the controller until `stop`.
+/// Runs the controller until `stop`; `restored` fires once every stored
+/// rollout is restored (the server listens only then, so the API never
+/// answers 404 for a rollout it has).
 pub(crate) async fn run(
     app: Arc<App>,
     config: RolloutConfig,
     mut rx: mpsc::UnboundedReceiver<Input>,
     mut stop: watch::Receiver<bool>,
+    restored: oneshot::Sender<()>,
 ) {
     let mut c = Controller {
         app,
@@ -170,6 +173,7 @@ pub(crate) async fn run(
         order: Vec::new(),
     };
     c.restore_all().await;
+    let _ = restored.send(());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
