@@ -435,3 +435,71 @@ pub async fn run(
     mqtt_result?;
     Ok(())
 }
+
+/// Runs the agent ([`run`]) until SIGTERM or Ctrl-C, or, with
+/// `exit_on_stdin_eof`, until standard input closes (a supervising parent
+/// went away, even by SIGKILL); prints `listening api=HOST:PORT` on stdout
+/// once the local API listens. What `outpost-agent run` does.
+pub async fn run_until_stopped(
+    state: Arc<AgentState>,
+    exit_on_stdin_eof: bool,
+) -> Result<(), StartError> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        if exit_on_stdin_eof {
+            tokio::select! {
+                _ = stop_signal() => {}
+                _ = stdin_closed() => {}
+            }
+        } else {
+            stop_signal().await;
+        }
+        let _ = tx.send(true);
+    });
+    let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        if let Ok(addr) = bound_rx.await {
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "listening api={addr}");
+            let _ = out.flush();
+        }
+    });
+    run(state, rx, Some(bound_tx)).await
+}
+
+/// Resolves when standard input reaches its end.
+pub async fn stdin_closed() {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut sink = [0u8; 256];
+        let mut stdin = std::io::stdin();
+        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+        let _ = tx.send(());
+    });
+    let _ = rx.await;
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -106,72 +106,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(async move {
-                let (tx, rx) = tokio::sync::watch::channel(false);
-                tokio::spawn(async move {
-                    if exit_on_stdin_eof {
-                        tokio::select! {
-                            _ = wait_for_signal() => {}
-                            _ = stdin_closed() => {}
-                        }
-                    } else {
-                        wait_for_signal().await;
-                    }
-                    let _ = tx.send(true);
-                });
-                let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-                tokio::spawn(async move {
-                    if let Ok(addr) = bound_rx.await {
-                        use std::io::Write;
-                        let mut out = std::io::stdout().lock();
-                        let _ = writeln!(out, "listening api={addr}");
-                        let _ = out.flush();
-                    }
-                });
-                match outpost_agent::run(state, rx, Some(bound_tx)).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        ExitCode::from(2)
-                    }
-                }
-            })
-        }
-    }
-}
-
-/// Resolves when standard input reaches its end.
-async fn stdin_closed() {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut sink = [0u8; 256];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        let _ = tx.send(());
-    });
-    let _ = rx.await;
-}
-
-async fn wait_for_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+            match rt.block_on(outpost_agent::run_until_stopped(state, exit_on_stdin_eof)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(2)
                 }
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

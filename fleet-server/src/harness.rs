@@ -587,6 +587,55 @@ impl Fleet {
     }
 }
 
+/// The last `lines` lines of each log in `dir/logs` whose file name
+/// `keep` accepts, for a failure message.
+pub fn log_tails(dir: &Path, keep: impl Fn(&str) -> bool, lines: usize) -> String {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir.join("logs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(&keep))
+        .collect();
+    entries.sort();
+    entries
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            format!(
+                "== {}\n{}",
+                p.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The sum of the samples of `metric` (a counter family) at `url`
+/// (`…/metrics`) whose labels contain `labels`.
+pub fn metric_sum(url: &str, metric: &str, labels: &str) -> Result<u64> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let text = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?
+        .body_mut()
+        .read_to_string()
+        .with_context(|| format!("GET {url}"))?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum())
+}
+
 /// A rollout status's state name (`State` serializes as `{"running": {…}}`).
 pub fn state_name(v: &Value) -> String {
     match &v["state"] {

@@ -25,21 +25,12 @@ fn noise(seed: u64, len: usize) -> Vec<u8> {
 }
 
 fn server_rejected(f: &TestFleet) -> u64 {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let text = agent
-        .get(format!("{}/metrics", f.server))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("outpost_mqtt_rejected_total{"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    outpost_fleet::harness::metric_sum(
+        &format!("{}/metrics", f.server),
+        "outpost_mqtt_rejected_total",
+        "",
+    )
+    .unwrap()
 }
 
 #[test]

@@ -335,22 +335,12 @@ fn scenario_7_a_server_killed_mid_rollout_resumes_without_resending() {
 }
 
 /// An agent's `outpost_agent_commands_refused_total` for checks whose
-/// name contains `check`.
+/// label contains `check`.
 pub fn refused(api: &str, check: &str) -> u64 {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let text = agent
-        .get(format!("http://{api}/metrics"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_to_string()
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("outpost_agent_commands_refused_total{"))
-        .filter(|l| l.contains(check))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
+    outpost_fleet::harness::metric_sum(
+        &format!("http://{api}/metrics"),
+        "outpost_agent_commands_refused_total",
+        check,
+    )
+    .unwrap()
 }

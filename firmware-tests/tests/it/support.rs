@@ -87,27 +87,13 @@ pub fn fleet(devices: usize) -> Option<TestFleet> {
     })
 }
 
-/// The end of every log of a fleet, for a failure message.
+/// The end of the server's and two agents' logs, for a failure message.
 pub fn logs(dir: &Path) -> String {
-    std::fs::read_dir(dir.join("logs"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name == "server.log" || name == "dev-001.log" || name == "dev-002.log"
-        })
-        .map(|e| {
-            let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(25).collect();
-            format!(
-                "== {}\n{}",
-                e.path().display(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    outpost_fleet::harness::log_tails(
+        dir,
+        |n| matches!(n, "server.log" | "dev-001.log" | "dev-002.log"),
+        25,
+    )
 }
 
 /// A model file of the repository.

@@ -2,7 +2,6 @@
 //! `outpost-agent`, from this binary, so that `outpost demo` can start real
 //! agent processes from one executable. Devices run `outpost-agent`.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -40,29 +39,6 @@ pub(crate) fn run(cmd: AgentCommand) -> Result<()> {
     let config = AgentConfig::load(&config).map_err(invalid)?;
     let state = Arc::new(AgentState::start(config).map_err(invalid)?);
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    rt.block_on(async move {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
-            if exit_on_stdin_eof {
-                tokio::select! {
-                    _ = super::serve::shutdown_signal() => {}
-                    _ = super::stdin_closed() => {}
-                }
-            } else {
-                super::serve::shutdown_signal().await;
-            }
-            let _ = tx.send(true);
-        });
-        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            if let Ok(addr) = bound_rx.await {
-                let mut out = std::io::stdout().lock();
-                let _ = writeln!(out, "listening api={addr}");
-                let _ = out.flush();
-            }
-        });
-        outpost_agent::run(state, rx, Some(bound_tx))
-            .await
-            .map_err(anyhow::Error::new)
-    })
+    rt.block_on(outpost_agent::run_until_stopped(state, exit_on_stdin_eof))
+        .map_err(anyhow::Error::new)
 }

@@ -134,16 +134,4 @@ impl Conn {
     }
 }
 
-/// Resolves when standard input reaches its end (the parent that holds
-/// its write end exited, however it died).
-pub(crate) async fn stdin_closed() {
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut sink = [0u8; 256];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
-        let _ = tx.send(());
-    });
-    let _ = rx.await;
-}
+pub(crate) use outpost_agent::stdin_closed;

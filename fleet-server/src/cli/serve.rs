@@ -255,26 +255,9 @@ fn config(a: ServeArgs) -> Result<ServeConfig> {
     })
 }
 
+/// SIGTERM or Ctrl-C.
 pub(crate) async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    outpost_agent::stop_signal().await;
 }
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {

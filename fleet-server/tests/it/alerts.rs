@@ -8,87 +8,11 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc;
-use std::time::Duration;
 
-use outpost_protocol::messages::{Birth, Death, DeviceMessage, Encoding};
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
+use outpost_protocol::messages::{Birth, Death, DeviceMessage};
 use serde_json::Value;
 
 use crate::support::*;
-
-enum Seen {
-    SubAck,
-    Publish(Vec<u8>),
-}
-
-/// A test-side MQTT client: a device, or a watcher of an alert topic.
-pub struct Mqtt {
-    client: Client,
-    rx: mpsc::Receiver<Seen>,
-}
-
-impl Mqtt {
-    pub fn connect(port: u16, id: &str) -> Mqtt {
-        let mut o = MqttOptions::new(
-            format!("test-{id}-{}", std::process::id()),
-            "127.0.0.1",
-            port,
-        );
-        o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(2 << 20, 2 << 20);
-        let (client, mut conn) = Client::new(o, 64);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for ev in conn.iter() {
-                let seen = match ev {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
-                    Ok(Event::Incoming(Packet::Publish(p))) => Seen::Publish(p.payload.to_vec()),
-                    Ok(_) => continue,
-                    Err(_) => {
-                        // The broker went away (a restart): stop.
-                        return;
-                    }
-                };
-                if tx.send(seen).is_err() {
-                    return;
-                }
-            }
-        });
-        Mqtt { client, rx }
-    }
-
-    /// Publishes a device message as `id` (Postcard, QoS 1).
-    pub fn send(&self, id: &str, msg: DeviceMessage) {
-        self.client
-            .publish(
-                format!("outpost/v1/devices/{id}/{}", msg.kind().as_str()),
-                QoS::AtLeastOnce,
-                false,
-                msg.encode(Encoding::Postcard).unwrap(),
-            )
-            .unwrap();
-    }
-
-    pub fn subscribe(&self, topic: &str) {
-        self.client.subscribe(topic, QoS::AtLeastOnce).unwrap();
-        wait_for("suback", T, || {
-            match self.rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Seen::SubAck) => Some(()),
-                _ => None,
-            }
-        });
-    }
-
-    /// The next JSON document published on a subscribed topic.
-    pub fn next_json(&self) -> Value {
-        wait_for("an MQTT publish", T, || {
-            match self.rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Seen::Publish(p)) => Some(serde_json::from_slice(&p).unwrap()),
-                _ => None,
-            }
-        })
-    }
-}
 
 /// A birth of a device of class `target` that runs nothing yet.
 pub fn birth(session: u64, target: &str) -> DeviceMessage {

@@ -17,7 +17,7 @@ use outpost_telemetry::{
 };
 use serde_json::Value as Json;
 
-use crate::alerts::{Mqtt, birth};
+use crate::alerts::birth;
 use crate::support::*;
 
 const WINDOW: u64 = 300;

@@ -3,102 +3,19 @@
 //! Mosquitto; garbage counted, never fatal; retirement sends signed
 //! retire directives to the devices that run the version.
 
-use std::sync::mpsc;
-use std::time::Duration;
-
 use outpost_protocol::bytes::Sha256;
 use outpost_protocol::codec;
 use outpost_protocol::messages::{
-    Birth, Command, Death, DeviceMessage, Encoding, Health, HealthStatus, InstalledModel, ModelRef,
+    Birth, Command, Death, DeviceMessage, Health, HealthStatus, InstalledModel, ModelRef,
     ModelState, Phase, ReportedState, Slot, TelemetryWindow,
 };
 use outpost_protocol::trust::DirectiveAction;
-use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
 use crate::support::*;
 
-pub enum Seen {
-    SubAck,
-    Publish(String, Vec<u8>),
-}
-
 /// A device-side MQTT client.
-pub struct Device {
-    client: Client,
-    rx: mpsc::Receiver<Seen>,
-}
-
-impl Device {
-    pub fn connect(port: u16, id: &str) -> Device {
-        let mut o = MqttOptions::new(
-            format!("test-{id}-{}", std::process::id()),
-            "127.0.0.1",
-            port,
-        );
-        o.set_keep_alive(Duration::from_secs(5));
-        o.set_max_packet_size(2 << 20, 2 << 20);
-        let (client, mut conn) = Client::new(o, 32);
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for ev in conn.iter() {
-                let seen = match ev {
-                    Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
-                    Ok(Event::Incoming(Packet::Publish(p))) => {
-                        Seen::Publish(p.topic, p.payload.to_vec())
-                    }
-                    Ok(_) => continue,
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(100));
-                        continue;
-                    }
-                };
-                if tx.send(seen).is_err() {
-                    return;
-                }
-            }
-        });
-        Device { client, rx }
-    }
-
-    pub fn publish(&self, id: &str, kind: &str, payload: Vec<u8>) {
-        self.client
-            .publish(
-                format!("outpost/v1/devices/{id}/{kind}"),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-            )
-            .unwrap();
-    }
-
-    pub fn send(&self, id: &str, msg: DeviceMessage) {
-        self.publish(
-            id,
-            msg.kind().as_str(),
-            msg.encode(Encoding::Postcard).unwrap(),
-        );
-    }
-
-    pub fn subscribe(&self, topic: &str) {
-        self.client.subscribe(topic, QoS::AtLeastOnce).unwrap();
-        wait_for("suback", T, || {
-            match self.rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Seen::SubAck) => Some(()),
-                _ => None,
-            }
-        });
-    }
-
-    pub fn next_publish(&self) -> (String, Vec<u8>) {
-        wait_for("a publish", T, || {
-            match self.rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Seen::Publish(t, p)) => Some((t, p)),
-                _ => None,
-            }
-        })
-    }
-}
+pub type Device = Mqtt;
 
 pub fn model_ref(version: &str, sha: Sha256) -> ModelRef {
     ModelRef {

@@ -338,23 +338,7 @@ fn demo_promotes_a_good_version_and_halts_a_bad_one() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let logs = || {
-        std::fs::read_dir(dir.path().join("logs"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| {
-                let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(20).collect();
-                format!(
-                    "== {}\n{}",
-                    e.path().display(),
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
+    let logs = || outpost_fleet::harness::log_tails(dir.path(), |_| true, 20);
     assert!(
         out.status.success(),
         "demo failed ({}):\n{stdout}\n{}\n{}",

@@ -373,3 +373,113 @@ impl Drop for Mosquitto {
         let _ = self.child.wait();
     }
 }
+
+/// What a test-side MQTT client saw.
+pub enum Seen {
+    SubAck,
+    Publish(String, Vec<u8>),
+}
+
+/// A test-side MQTT client: a device, or a watcher of a topic. Its
+/// connection thread retries through a broker restart and stops when the
+/// client is dropped.
+pub struct Mqtt {
+    client: rumqttc::Client,
+    rx: mpsc::Receiver<Seen>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Mqtt {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.client.disconnect();
+    }
+}
+
+impl Mqtt {
+    pub fn connect(port: u16, id: &str) -> Mqtt {
+        use rumqttc::{Client, Event, MqttOptions, Packet};
+        let mut o = MqttOptions::new(
+            format!("test-{id}-{}", std::process::id()),
+            "127.0.0.1",
+            port,
+        );
+        o.set_keep_alive(Duration::from_secs(5));
+        o.set_max_packet_size(2 << 20, 2 << 20);
+        let (client, mut conn) = Client::new(o, 64);
+        let (tx, rx) = mpsc::channel();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for ev in conn.iter() {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                let seen = match ev {
+                    Ok(Event::Incoming(Packet::SubAck(_))) => Seen::SubAck,
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        Seen::Publish(p.topic, p.payload.to_vec())
+                    }
+                    Ok(_) => continue,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(100));
+                        continue;
+                    }
+                };
+                if tx.send(seen).is_err() {
+                    return;
+                }
+            }
+        });
+        Mqtt { client, rx, stop }
+    }
+
+    /// Publishes raw bytes on `outpost/v1/devices/{id}/{kind}` (QoS 1).
+    pub fn publish(&self, id: &str, kind: &str, payload: Vec<u8>) {
+        self.client
+            .publish(
+                format!("outpost/v1/devices/{id}/{kind}"),
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .unwrap();
+    }
+
+    /// Publishes a device message as `id` (postcard).
+    pub fn send(&self, id: &str, msg: outpost_protocol::messages::DeviceMessage) {
+        self.publish(
+            id,
+            msg.kind().as_str(),
+            msg.encode(outpost_protocol::messages::Encoding::Postcard)
+                .unwrap(),
+        );
+    }
+
+    pub fn subscribe(&self, topic: &str) {
+        self.client
+            .subscribe(topic, rumqttc::QoS::AtLeastOnce)
+            .unwrap();
+        wait_for("suback", T, || {
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Seen::SubAck) => Some(()),
+                _ => None,
+            }
+        });
+    }
+
+    /// The next message on a subscribed topic: (topic, payload).
+    pub fn next_publish(&self) -> (String, Vec<u8>) {
+        wait_for("an MQTT publish", T, || {
+            match self.rx.recv_timeout(Duration::from_millis(50)) {
+                Ok(Seen::Publish(t, p)) => Some((t, p)),
+                _ => None,
+            }
+        })
+    }
+
+    /// The next JSON document on a subscribed topic.
+    pub fn next_json(&self) -> Value {
+        serde_json::from_slice(&self.next_publish().1).unwrap()
+    }
+}
