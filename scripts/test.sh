@@ -17,7 +17,10 @@ missing() { # what, why
   echo "SKIPPED $1: missing $2"
 }
 
-cargo test --workspace --all-targets
+cargo test --workspace --all-targets --exclude outpost-firmware-tests
+# The whole-system scenarios run last, on the outpost and outpost-agent
+# binaries the line above built, with their SUMMARY lines shown.
+cargo test -p outpost-firmware-tests --all-targets -- --nocapture
 
 aarch64_tests() {
   local why=""
