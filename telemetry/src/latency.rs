@@ -147,7 +147,8 @@ impl LatencyHistogram {
         self.buckets.iter().map(|(&i, &c)| (i, c))
     }
 
-    pub(crate) fn merge(&mut self, other: &Self) -> Result<(), MergeError> {
+    /// Adds `other`'s counts (same accuracy only): merging is exact.
+    pub fn merge(&mut self, other: &Self) -> Result<(), MergeError> {
         if self.accuracy_ppm != other.accuracy_ppm {
             return Err(MergeError::LatencyAccuracy {
                 left: self.accuracy_ppm,

@@ -44,7 +44,11 @@
 //! ```
 //!
 //! Conditions ([`Condition`]): `metric_above`/`metric_below` `{metric,
-//! threshold}`, `drift {model, psi}`, `completeness {model, min_rate}`,
+//! threshold}` on a fleet metric — `devices_online`, `devices_offline`, or
+//! per model over the last hour's windows of every version
+//! `MODEL/requests`, `MODEL/error_rate`, `MODEL/accuracy` (labelled
+//! requests), `MODEL/latency_p50_ms`, `MODEL/latency_p99_ms` (an unknown
+//! name is a configuration error); `drift {model, psi}`, `completeness {model, min_rate}`,
 //! `devices_offline {max}`, `rollout_halted`, `rollout_paused`. Sink and
 //! rule names are unique; every sink a rule or escalation names must
 //! exist: anything else is a configuration error at start (exit 2).
@@ -52,7 +56,9 @@
 //! # Observations
 //!
 //! Every `--alerts-every` seconds (default 30), only for what some rule
-//! watches: the number of devices offline in the inventory; for each model
+//! watches: the named fleet metrics (none when there is no data yet, so
+//! nothing fires or resolves on no evidence); the number of devices
+//! offline in the inventory; for each model
 //! a `drift` or `completeness` rule names, the fleet drift report of each of
 //! its canary and deployed versions over the last hour's windows, combined
 //! per column over those versions (the largest PSI, drift if any version

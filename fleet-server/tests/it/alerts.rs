@@ -250,3 +250,53 @@ fn a_rule_naming_an_unknown_sink_stops_the_server_with_exit_code_2() {
         "{err}"
     );
 }
+
+/// A metric rule on a fleet metric: fires with no device online, resolves
+/// when one comes; an unknown metric name is a configuration error.
+#[test]
+fn a_metric_rule_fires_and_resolves_and_unknown_metrics_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("alerts.toml");
+    std::fs::write(
+        &file,
+        "[[sink]]\nname = \"ops\"\nkind = \"log\"\n\
+         [[rule]]\nname = \"nobody-online\"\nsink = \"ops\"\n\
+         condition = { kind = \"metric_below\", metric = \"devices_online\", threshold = 1 }\n",
+    )
+    .unwrap();
+    let server = Server::start(d, &["--alerts", s(&file), "--alerts-every", "1"]);
+    let viewer = server.token("vera", "viewer");
+    let firing = wait_for("the metric alert", T, || {
+        let v = server.json(&viewer, &["alerts", "list"], 0);
+        let a = v["alerts"].as_array().unwrap().first().cloned();
+        a.filter(|a| a["id"]["rule"] == "nobody-online")
+    });
+    assert_eq!(firing["id"]["subject"], "devices_online", "{firing}");
+    let dev = Mqtt::connect(server.mqtt_port(), "pump-1");
+    dev.send("pump-1", birth(1, "rpi5"));
+    wait_for("the metric alert to resolve", T, || {
+        let v = server.json(&viewer, &["alerts", "list"], 0);
+        v["alerts"].as_array().unwrap().is_empty().then_some(())
+    });
+    drop(server);
+
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    let file = bad.join("alerts.toml");
+    std::fs::write(
+        &file,
+        "[[sink]]\nname = \"ops\"\nkind = \"log\"\n\
+         [[rule]]\nname = \"typo\"\nsink = \"ops\"\n\
+         condition = { kind = \"metric_above\", metric = \"digits/eror_rate\", threshold = 0.1 }\n",
+    )
+    .unwrap();
+    let Err((code, err)) = Server::try_start(&bad, &["--alerts", s(&file)]) else {
+        panic!("the server started with an unknown metric");
+    };
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("unknown metric \"digits/eror_rate\"") && err.contains("MODEL/error_rate"),
+        "{err}"
+    );
+}

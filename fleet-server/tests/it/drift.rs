@@ -294,3 +294,76 @@ fn fleet_drift_by_group_and_time_and_a_drift_alert_on_the_shifted_feature() {
     });
     assert_eq!(firing, [format!("digits/{feature}")]);
 }
+
+/// Metric rules on a model's traffic: the stored windows (450 requests
+/// each, 300 µs, no errors, no labels) fire `digits/requests` and
+/// `digits/latency_p99_ms`; `digits/error_rate` stays quiet and
+/// `digits/accuracy` has no data, so neither fires.
+#[test]
+fn model_metric_rules_fire_on_the_stored_windows() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let file = d.join("alerts.toml");
+    let rule = |name: &str, kind: &str, metric: &str, threshold: f64| {
+        format!(
+            "[[rule]]\nname = \"{name}\"\nsink = \"console\"\n\
+             condition = {{ kind = \"{kind}\", metric = \"{metric}\", threshold = {threshold:?} }}\n"
+        )
+    };
+    let text = format!(
+        "[[sink]]\nname = \"console\"\nkind = \"log\"\n{}{}{}{}",
+        rule("busy", "metric_above", "digits/requests", 100.0),
+        rule("slow", "metric_above", "digits/latency_p99_ms", 0.2),
+        rule("failing", "metric_above", "digits/error_rate", 0.5),
+        rule("wrong", "metric_below", "digits/accuracy", 0.5),
+    );
+    std::fs::write(&file, text).unwrap();
+    let server = Server::start(d, &["--alerts", s(&file), "--alerts-every", "1"]);
+    let viewer = server.token("vera", "viewer");
+    let op = server.token("otto", "operator");
+    let opk = pack(d, "mlp_fp32.onnx", "1.0.0", "low");
+    server.json(&op, &["model", "push", s(&opk)], 0);
+    let bytes = std::fs::read(&opk).unwrap();
+    let pkg = Package::from_bytes(&bytes, "digits 1.0.0", &PackageLimits::default()).unwrap();
+    let reference = Arc::new(
+        ReferenceProfile::from_bytes(
+            pkg.member(outpost_runtime::package::REFERENCE).unwrap(),
+            REFERENCE_DECODE_LIMIT,
+        )
+        .unwrap(),
+    );
+    let mqtt = Mqtt::connect(server.mqtt_port(), "cam");
+    let now = outpost_fleet::clock::now_unix();
+    mqtt.send("cam-1", birth(1, "rpi5"));
+    mqtt.send(
+        "cam-1",
+        DeviceMessage::Telemetry(TelemetryWindow {
+            model: ModelRef {
+                name: "digits".into(),
+                version: "1.0.0".into(),
+                sha256: Sha256::of(&bytes),
+            },
+            slot: Slot::Active,
+            window_start: now - WINDOW,
+            window_secs: WINDOW as u32,
+            profile: window(&reference, "cam-1", now - WINDOW, None),
+        }),
+    );
+    let firing = wait_for("the metric alerts", T, || {
+        let v = server.json(&viewer, &["alerts", "list"], 0);
+        let subjects: BTreeSet<String> = v["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a["id"]["subject"].as_str().unwrap().to_owned())
+            .collect();
+        (subjects.len() >= 2).then_some(subjects)
+    });
+    assert_eq!(
+        firing,
+        BTreeSet::from([
+            "digits/latency_p99_ms".to_owned(),
+            "digits/requests".to_owned()
+        ])
+    );
+}

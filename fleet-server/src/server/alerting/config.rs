@@ -117,8 +117,11 @@ fn check_condition(rule: &str, c: &Condition) -> Result<(), String> {
     match c {
         Condition::MetricAbove { metric, threshold }
         | Condition::MetricBelow { metric, threshold } => {
-            if metric.is_empty() {
-                return bad("the metric name is empty");
+            if super::observe::FleetMetric::parse(metric).is_none() {
+                return bad(&format!(
+                    "unknown metric {metric:?}: one of {}",
+                    super::observe::METRIC_NAMES
+                ));
             }
             if !threshold.is_finite() {
                 return bad("threshold must be a finite number");

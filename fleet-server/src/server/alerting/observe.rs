@@ -24,6 +24,56 @@ pub(super) struct Watched {
     offline: bool,
     /// Models named by drift or completeness rules.
     models: BTreeSet<String>,
+    /// Fleet metrics named by metric rules.
+    metrics: BTreeSet<String>,
+}
+
+/// A fleet metric a `metric_above` / `metric_below` rule may name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum FleetMetric {
+    DevicesOnline,
+    DevicesOffline,
+    /// `{model}/{stat}` over the windows of the last hour, every version.
+    Model {
+        model: String,
+        stat: ModelStat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum ModelStat {
+    Requests,
+    ErrorRate,
+    Accuracy,
+    LatencyP50Ms,
+    LatencyP99Ms,
+}
+
+/// The metric names rules may use, for error messages and the docs.
+pub(crate) const METRIC_NAMES: &str = "devices_online, devices_offline, or MODEL/requests, \
+     MODEL/error_rate, MODEL/accuracy, MODEL/latency_p50_ms, MODEL/latency_p99_ms";
+
+impl FleetMetric {
+    pub(crate) fn parse(name: &str) -> Option<FleetMetric> {
+        match name {
+            "devices_online" => return Some(FleetMetric::DevicesOnline),
+            "devices_offline" => return Some(FleetMetric::DevicesOffline),
+            _ => {}
+        }
+        let (model, stat) = name.rsplit_once('/')?;
+        let stat = match stat {
+            "requests" => ModelStat::Requests,
+            "error_rate" => ModelStat::ErrorRate,
+            "accuracy" => ModelStat::Accuracy,
+            "latency_p50_ms" => ModelStat::LatencyP50Ms,
+            "latency_p99_ms" => ModelStat::LatencyP99Ms,
+            _ => return None,
+        };
+        (!model.is_empty()).then(|| FleetMetric::Model {
+            model: model.to_owned(),
+            stat,
+        })
+    }
 }
 
 pub(super) fn watched(rules: &[Rule]) -> Watched {
@@ -33,6 +83,9 @@ pub(super) fn watched(rules: &[Rule]) -> Watched {
             Condition::DevicesOffline { .. } => w.offline = true,
             Condition::Drift { model, .. } | Condition::Completeness { model, .. } => {
                 w.models.insert(model.clone());
+            }
+            Condition::MetricAbove { metric, .. } | Condition::MetricBelow { metric, .. } => {
+                w.metrics.insert(metric.clone());
             }
             _ => {}
         }
@@ -46,7 +99,7 @@ pub(super) async fn tick(
     every: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
-    if !watched.offline && watched.models.is_empty() {
+    if !watched.offline && watched.models.is_empty() && watched.metrics.is_empty() {
         return;
     }
     let mut interval = tokio::time::interval(every.max(Duration::from_secs(1)));
@@ -82,8 +135,106 @@ struct ColumnSeen {
     complete: Option<f64>,
 }
 
+/// One model's traffic over the lookback, every version merged.
+#[derive(Debug, Default)]
+struct Traffic {
+    requests: u64,
+    errors: u64,
+    labelled: u64,
+    correct: u64,
+    latency: Option<outpost_telemetry::LatencyHistogram>,
+}
+
+fn traffic(store: &dyn Store, model: &str, since: u64) -> Option<Traffic> {
+    let query = crate::store::WindowQuery {
+        model: model.to_owned(),
+        version: None,
+        device: None,
+        from: Some(since),
+        to: None,
+    };
+    let records = match store.windows(&query) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "alerts: reading telemetry windows");
+            return None;
+        }
+    };
+    let mut t = Traffic::default();
+    for w in records
+        .iter()
+        .filter_map(super::super::evidence::window_profile)
+    {
+        let p = &w.profile;
+        t.requests += p.requests;
+        t.errors += p.errors;
+        t.labelled += p.feedback.total();
+        t.correct += p.feedback.correct();
+        match &mut t.latency {
+            None => t.latency = Some(p.latency.clone()),
+            Some(l) => {
+                // Windows of another latency accuracy are left out.
+                let _ = l.merge(&p.latency);
+            }
+        }
+    }
+    Some(t)
+}
+
+/// The value of `metric` now, when there is data for it.
+fn fleet_metric(
+    store: &dyn Store,
+    metric: &FleetMetric,
+    now: u64,
+    cache: &mut BTreeMap<String, Option<Traffic>>,
+) -> Option<f64> {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    match metric {
+        FleetMetric::DevicesOnline | FleetMetric::DevicesOffline => {
+            let devices = store.list_devices().ok()?;
+            let online = devices.iter().filter(|d| d.online).count();
+            Some(if *metric == FleetMetric::DevicesOnline {
+                online
+            } else {
+                devices.len() - online
+            } as f64)
+        }
+        FleetMetric::Model { model, stat } => {
+            let t = cache
+                .entry(model.clone())
+                .or_insert_with(|| traffic(store, model, now.saturating_sub(DRIFT_LOOKBACK_SECS)))
+                .as_ref()?;
+            match stat {
+                ModelStat::Requests => Some(t.requests as f64),
+                ModelStat::ErrorRate => {
+                    (t.requests > 0).then(|| t.errors as f64 / t.requests as f64)
+                }
+                ModelStat::Accuracy => {
+                    (t.labelled > 0).then(|| t.correct as f64 / t.labelled as f64)
+                }
+                ModelStat::LatencyP50Ms => t.latency.as_ref()?.quantile(0.5).map(ms),
+                ModelStat::LatencyP99Ms => t.latency.as_ref()?.quantile(0.99).map(ms),
+            }
+        }
+    }
+}
+
 fn observe_fleet(store: &dyn Store, w: &Watched, now: u64) -> Vec<Observation> {
     let mut out = Vec::new();
+    let mut cache = BTreeMap::new();
+    for name in &w.metrics {
+        // Names were checked when the file was read.
+        let Some(metric) = FleetMetric::parse(name) else {
+            continue;
+        };
+        // No data (no request yet, no label yet): nothing fires or resolves.
+        if let Some(value) = fleet_metric(store, &metric, now, &mut cache) {
+            out.push(Observation::Metric {
+                name: name.clone(),
+                value,
+            });
+        }
+    }
     if w.offline {
         match store.list_devices() {
             Ok(devices) => out.push(Observation::DevicesOffline {
