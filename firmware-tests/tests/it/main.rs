@@ -11,6 +11,7 @@
 //! cores).
 #![allow(clippy::unwrap_used)]
 
+mod attacks;
 mod garbage;
 mod rollouts;
 mod support;
