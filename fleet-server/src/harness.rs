@@ -150,6 +150,9 @@ pub struct FleetOptions {
     pub evaluate_every: u64,
     /// Longest wait of any one step.
     pub step_timeout: Duration,
+    /// An external broker (`mqtt://host:port`) instead of the server's
+    /// embedded one.
+    pub broker: Option<String>,
 }
 
 /// A running fleet: server, agents, and the tokens of an operator and two
@@ -303,32 +306,40 @@ impl Fleet {
     /// [`Fleet::kill_server`]: the same store, new ports).
     pub fn start_server(&mut self) -> Result<()> {
         let token_file = self.opts.dir.join("admin.token");
+        let mut args: Vec<String> = vec![
+            "serve".into(),
+            "--data-dir".into(),
+            s(&self.opts.dir.join("server")),
+            "--http".into(),
+            "127.0.0.1:0".into(),
+            "--mqtt-port".into(),
+            self.mqtt
+                .rsplit(':')
+                .next()
+                .filter(|p| !p.is_empty())
+                .unwrap_or("0")
+                .to_owned(),
+            "--director-key".into(),
+            s(&self.keys.join("director.pk8")),
+            "--root".into(),
+            s(&self.keys.join("root.signed")),
+            "--init-admin-token-file".into(),
+            s(&token_file),
+            "--rollout-evaluate-every".into(),
+            self.opts.evaluate_every.to_string(),
+            "--exit-on-stdin-eof".into(),
+        ];
+        if let Some(url) = &self.opts.broker {
+            // In place of the embedded broker's port.
+            if let Some(i) = args.iter().position(|a| a == "--mqtt-port") {
+                args.drain(i..i + 2);
+            }
+            args.extend(["--mqtt-url".into(), url.clone()]);
+        }
         let line = self.procs.spawn(
             "server",
             &self.opts.outpost,
-            &[
-                "serve".into(),
-                "--data-dir".into(),
-                s(&self.opts.dir.join("server")),
-                "--http".into(),
-                "127.0.0.1:0".into(),
-                "--mqtt-port".into(),
-                self.mqtt
-                    .rsplit(':')
-                    .next()
-                    .filter(|p| !p.is_empty())
-                    .unwrap_or("0")
-                    .to_owned(),
-                "--director-key".into(),
-                s(&self.keys.join("director.pk8")),
-                "--root".into(),
-                s(&self.keys.join("root.signed")),
-                "--init-admin-token-file".into(),
-                s(&token_file),
-                "--rollout-evaluate-every".into(),
-                self.opts.evaluate_every.to_string(),
-                "--exit-on-stdin-eof".into(),
-            ],
+            &args,
             &self.logs.join("server.log"),
             "listening ",
             Duration::from_secs(60),
@@ -613,8 +624,8 @@ pub fn log_tails(dir: &Path, keep: impl Fn(&str) -> bool, lines: usize) -> Strin
         .join("\n")
 }
 
-/// The sum of the samples of `metric` (a counter family) at `url`
-/// (`…/metrics`) whose labels contain `labels`.
+/// The sum of the samples of `metric` at `url` (`…/metrics`) whose line
+/// contains `labels` (`""`: every sample, labelled or not).
 pub fn metric_sum(url: &str, metric: &str, labels: &str) -> Result<u64> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
@@ -630,7 +641,11 @@ pub fn metric_sum(url: &str, metric: &str, labels: &str) -> Result<u64> {
         .with_context(|| format!("GET {url}"))?;
     Ok(text
         .lines()
-        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(labels))
+        .filter(|l| {
+            l.strip_prefix(metric)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                && l.contains(labels)
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum())

@@ -13,5 +13,6 @@
 
 mod attacks;
 mod garbage;
+mod outage;
 mod rollouts;
 mod support;

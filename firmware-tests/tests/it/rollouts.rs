@@ -98,7 +98,7 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 }
 
 /// Deploys 1.0.0 (`mlp_qdq_pc`) to the fleet and starts the apps' traffic.
-fn deployed(f: &TestFleet) -> (Traffic, PathBuf) {
+pub fn deployed(f: &TestFleet) -> (Traffic, PathBuf) {
     let reference = f.opts.dir.join("digits_test_x.npy");
     std::fs::write(&reference, DIGITS_X).unwrap();
     let v1 = f

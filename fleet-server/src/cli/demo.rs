@@ -258,6 +258,7 @@ fn walk(args: &DemoArgs, exe: &Path, dir: &Path) -> Result<()> {
         window_secs: 2,
         evaluate_every: 2,
         step_timeout: Duration::from_secs(args.step_timeout.max(10)),
+        broker: None,
     })?;
     let keys = &fleet.keys;
     say(&format!(

@@ -99,6 +99,15 @@ pub(crate) struct ServeArgs {
     /// advances outside a window or inside a freeze.
     #[arg(long)]
     calendar: Option<PathBuf>,
+    /// With --mqtt-url: consume through the shared subscription
+    /// `$share/outpost-fleet/…`, so several server instances split the
+    /// devices' messages. Mosquitto 2.0.11 forgets a shared subscription of
+    /// a disconnected server across a broker restart, and what devices
+    /// publish before the servers reconnect is then lost: without this flag
+    /// the server's persistent session holds a plain subscription the
+    /// broker restores and queues for.
+    #[arg(long)]
+    mqtt_shared: bool,
     /// Stop when standard input closes (a parent such as `outpost demo`
     /// went away, even by SIGKILL).
     #[arg(long, hide = true)]
@@ -221,6 +230,7 @@ fn config(a: ServeArgs) -> Result<ServeConfig> {
     }
     Ok(ServeConfig {
         rollout,
+        mqtt_shared: false,
         data_dir: a
             .data_dir
             .or(file.data_dir)
@@ -262,7 +272,11 @@ pub(crate) async fn shutdown_signal() {
 
 pub(crate) fn run(args: ServeArgs) -> Result<()> {
     let stdin_eof = args.exit_on_stdin_eof;
-    let config = config(args)?;
+    let mqtt_shared = args.mqtt_shared;
+    let config = ServeConfig {
+        mqtt_shared,
+        ..config(args)?
+    };
     // rumqttd logs every aborted connection (port probes, health checks)
     // as an error: quiet by default, RUST_LOG=rumqttd=warn to see it.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()

@@ -73,6 +73,14 @@ pub struct ServeConfig {
     /// The rollout controller's settings: change calendar (windows and
     /// freezes), evaluation cadence, directive expiry.
     pub rollout: crate::rollout::RolloutConfig,
+    /// With an external broker, consume through `$share/outpost-fleet/…`
+    /// so several server instances split the devices' messages. Off by
+    /// default: Mosquitto 2.0.11 does not restore a shared subscription of
+    /// an offline persistent session when the broker restarts (measured),
+    /// so messages published between a broker restart and the servers'
+    /// reconnection would be lost; a plain subscription of the server's
+    /// persistent session is restored and its messages queued.
+    pub mqtt_shared: bool,
     /// On first start (no tokens yet): create an admin token and write it
     /// here (mode 0600).
     pub init_admin_token_file: Option<PathBuf>,
@@ -254,8 +262,12 @@ pub async fn run(
         .unwrap_or_else(|| format!("http://{http_addr}"))
         .trim_end_matches('/')
         .to_owned();
-    let (mqtt_opts, mqtt_shown) = mqtt::options(&config.mqtt, broker_addr)?;
-    let shared = matches!(config.mqtt, MqttMode::External { .. });
+    let (mqtt_opts, mqtt_shown) = mqtt::options(
+        &config.mqtt,
+        broker_addr,
+        &mqtt::session_id(&config.data_dir),
+    )?;
+    let shared = config.mqtt_shared && matches!(config.mqtt, MqttMode::External { .. });
     let (handle, eventloop) = mqtt::connect(mqtt_opts, &config.topic_prefix, shared);
     let (alerting_handle, alerting_inbox) = alerting::AlertingHandle::new(&alerts_config);
     let (rollouts_handle, rollouts_rx) = rollouts::RolloutsHandle::new();

@@ -141,14 +141,31 @@ pub fn parse_url(url: &str) -> Result<(bool, String, u16), String> {
 }
 
 /// Client options for `mode`; the second value is `host:port`, to print.
+///
+/// Sessions. With an external broker the server keeps a persistent session
+/// (clean session off) under a client id stable across its restarts
+/// (`session_id`, derived from its data directory): the broker keeps its
+/// subscriptions and queues the devices' QoS 1 messages while the server is
+/// away or reconnecting, so nothing a device published (and dropped from
+/// its outbox on the broker's acknowledgement) is lost in between — found
+/// by the broker-outage scenario (`firmware-tests`): with a clean session,
+/// windows published after a broker restart but before the server's
+/// re-subscription were dropped. The embedded broker lives and dies with
+/// the server, so a clean session with a random id is enough there.
 pub(crate) fn options(
     mode: &MqttMode,
     embedded: Option<std::net::SocketAddr>,
+    session_id: &str,
 ) -> Result<(MqttOptions, String), ServeError> {
-    let mut id = [0u8; 6];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
-        .map_err(|_| ServeError::Config("no randomness for the MQTT client id".into()))?;
-    let client_id = format!("outpost-fleet-{}", hex::encode(id));
+    let client_id = match mode {
+        MqttMode::External { .. } => session_id.to_owned(),
+        MqttMode::Embedded { .. } => {
+            let mut id = [0u8; 6];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+                .map_err(|_| ServeError::Config("no randomness for the MQTT client id".into()))?;
+            format!("outpost-fleet-{}", hex::encode(id))
+        }
+    };
     let (mut o, shown) = match (mode, embedded) {
         (MqttMode::Embedded { .. }, Some(addr)) => (
             MqttOptions::new(client_id, addr.ip().to_string(), addr.port()),
@@ -191,7 +208,7 @@ pub(crate) fn options(
         }
     };
     o.set_keep_alive(Duration::from_secs(15));
-    o.set_clean_session(true);
+    o.set_clean_session(matches!(mode, MqttMode::Embedded { .. }));
     o.set_max_packet_size(2 << 20, 2 << 20);
     Ok((o, shown))
 }
@@ -207,6 +224,18 @@ pub(crate) fn connect(opts: MqttOptions, prefix: &str, shared: bool) -> (MqttHan
         },
         eventloop,
     )
+}
+
+/// The server's persistent-session client id for an external broker:
+/// `outpost-fleet-` and 12 hex digits of the SHA-256 of its data directory
+/// (canonical path), so a restart resumes its session and two servers with
+/// their own stores have their own sessions.
+pub(crate) fn session_id(data_dir: &Path) -> String {
+    let path = data_dir
+        .canonicalize()
+        .unwrap_or_else(|_| data_dir.to_owned());
+    let digest = ring::digest::digest(&ring::digest::SHA256, path.as_os_str().as_encoded_bytes());
+    format!("outpost-fleet-{}", hex::encode(&digest.as_ref()[..6]))
 }
 
 /// The driver loop: polls the connection, subscribes on every connect,
