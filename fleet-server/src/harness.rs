@@ -153,6 +153,9 @@ pub struct FleetOptions {
     /// An external broker (`mqtt://host:port`) instead of the server's
     /// embedded one.
     pub broker: Option<String>,
+    /// Devices whose data directory is elsewhere (a small file system, for
+    /// a full disk): device id → absolute path.
+    pub data_dirs: Vec<(String, PathBuf)>,
 }
 
 /// A running fleet: server, agents, and the tokens of an operator and two
@@ -381,14 +384,21 @@ impl Fleet {
                 write_target(&targets, &class)?;
             }
             let config = agents.join(format!("{id}.toml"));
+            let data_dir = self
+                .opts
+                .data_dirs
+                .iter()
+                .find(|(d, _)| *d == id)
+                .map_or_else(|| PathBuf::from(&id), |(_, p)| p.clone());
             std::fs::write(
                 &config,
                 format!(
-                    "device_id = \"{id}\"\ntarget = \"{class}\"\ndata_dir = \"{id}\"\n\n\
+                    "device_id = \"{id}\"\ntarget = \"{class}\"\ndata_dir = \"{data}\"\n\n\
                      [mqtt]\nurl = \"mqtt://{mqtt}\"\nkeep_alive_secs = 5\n\n\
                      [trust]\nroot = \"{root}\"\n\n[api]\nbind = \"127.0.0.1:0\"\n\n\
                      [telemetry]\nwindow_secs = {window}\n",
                     mqtt = self.mqtt,
+                    data = data_dir.display(),
                     root = root.display(),
                     window = self.opts.window_secs
                 ),

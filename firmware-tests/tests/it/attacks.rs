@@ -62,13 +62,13 @@ fn evil_mirror(original: Vec<u8>) -> String {
 }
 
 /// The attacker's view of the broker: every command and every event.
-struct Spy {
+pub struct Spy {
     client: Client,
     rx: std::sync::mpsc::Receiver<(String, Vec<u8>)>,
 }
 
 impl Spy {
-    fn connect(mqtt: &str) -> Spy {
+    pub fn connect(mqtt: &str) -> Spy {
         let (host, port) = mqtt.rsplit_once(':').unwrap();
         let mut o = MqttOptions::new("spy", host, port.parse().unwrap());
         o.set_keep_alive(Duration::from_secs(5));
@@ -115,8 +115,8 @@ impl Spy {
         panic!("nothing on …{suffix} within 60 s");
     }
 
-    /// Waits for `device`'s `verification_failed` event naming `check`.
-    fn refusal(&self, device: &str, check: &str) -> String {
+    /// Waits (60 s at most) for an event of `device` that `wanted` accepts.
+    pub fn event(&self, device: &str, wanted: impl Fn(&EventKind) -> bool) -> EventKind {
         let deadline = Instant::now() + Duration::from_secs(60);
         let topic = format!("{device}/events");
         while Instant::now() < deadline {
@@ -127,17 +127,25 @@ impl Spy {
                 continue;
             }
             if let Ok(DeviceMessage::Event(e)) = DeviceMessage::decode(TopicKind::Events, &p)
-                && let EventKind::VerificationFailed {
-                    check: seen,
-                    detail,
-                    ..
-                } = e.kind
-                && seen == check
+                && wanted(&e.kind)
             {
-                return detail;
+                return e.kind;
             }
         }
-        panic!("{device} reported no {check} refusal within 60 s");
+        panic!("{device} reported no such event within 60 s");
+    }
+
+    /// Waits for `device`'s `verification_failed` event naming `check`;
+    /// returns its detail.
+    fn refusal(&self, device: &str, check: &str) -> String {
+        let kind = self.event(
+            device,
+            |k| matches!(k, EventKind::VerificationFailed { check: seen, .. } if seen == check),
+        );
+        match kind {
+            EventKind::VerificationFailed { detail, .. } => detail,
+            _ => String::new(),
+        }
     }
 
     fn publish(&self, device: &str, cmd: &Command) {

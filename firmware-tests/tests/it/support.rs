@@ -65,6 +65,15 @@ pub fn fleet(devices: usize) -> Option<TestFleet> {
 
 /// [`fleet`] on an external broker (`mqtt://host:port`).
 pub fn fleet_on(devices: usize, broker: Option<String>) -> Option<TestFleet> {
+    fleet_with(devices, broker, vec![])
+}
+
+/// [`fleet_on`], with some devices' data directories elsewhere.
+pub fn fleet_with(
+    devices: usize,
+    broker: Option<String>,
+    data_dirs: Vec<(String, PathBuf)>,
+) -> Option<TestFleet> {
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some((outpost, agent)) = binaries() else {
         skip_or_fail(
@@ -84,6 +93,7 @@ pub fn fleet_on(devices: usize, broker: Option<String>) -> Option<TestFleet> {
         evaluate_every: 2,
         step_timeout: Duration::from_secs(240),
         broker,
+        data_dirs,
     })
     .unwrap_or_else(|e| panic!("the fleet did not start: {e:#}\n{}", logs(dir.path())));
     Some(TestFleet {

@@ -259,6 +259,7 @@ fn walk(args: &DemoArgs, exe: &Path, dir: &Path) -> Result<()> {
         evaluate_every: 2,
         step_timeout: Duration::from_secs(args.step_timeout.max(10)),
         broker: None,
+        data_dirs: vec![],
     })?;
     let keys = &fleet.keys;
     say(&format!(
