@@ -162,6 +162,48 @@ impl AgentState {
         };
         let files = update_fs::UpdateFiles::open(&config.data_dir).map_err(StartError::Files)?;
         let slots = files.read_slots().map_err(StartError::Files)?;
+        // Models installed over the air (not in the config) have their
+        // pointers too, and serve again after a restart like the others.
+        // Found by the whole-system crash scenario: a device provisioned
+        // without models and deployed by a directive came back from a
+        // SIGKILL serving nothing.
+        let configured: std::collections::BTreeSet<String> = config
+            .models
+            .iter()
+            .filter_map(|m| package_name(&m.package))
+            .collect();
+        for (name, pointer) in &slots {
+            if configured.contains(name) {
+                continue;
+            }
+            let load = |r: &outpost_protocol::messages::ModelRef| {
+                update_shell::load_installed(&files, r, &ctx, crate::config::Fallback::Reject)
+            };
+            match load(&pointer.active) {
+                Ok(active) => {
+                    let previous = pointer.previous.as_ref().and_then(|p| {
+                        load(p)
+                            .map_err(|e| tracing::warn!(error = %e, "previous model does not load"))
+                            .ok()
+                    });
+                    tracing::info!(model = %active.name, version = %active.version, "installed model loaded");
+                    host.set(Arc::new(active), previous.map(Arc::new));
+                }
+                Err(e) => {
+                    match pointer.previous.as_ref().map(load) {
+                        Some(Ok(p)) => {
+                            tracing::error!(error = %e, version = %p.version, "installed model does not load; serving the previous one");
+                            host.set(Arc::new(p), None);
+                        }
+                        // Nothing verified to serve for this model; the
+                        // others still serve and the fleet can redeploy.
+                        _ => {
+                            tracing::error!(error = %e, model = %name, "installed model does not load")
+                        }
+                    }
+                }
+            }
+        }
         for m in &config.models {
             // Design: once a model is installed (its pointer file exists),
             // the pointer is the truth — the update machine may have moved

@@ -403,26 +403,53 @@ impl Fleet {
                     window = self.opts.window_secs
                 ),
             )?;
-            let (exe, mut args) = match &self.opts.agent {
-                AgentExe::Outpost(p) => (p.clone(), vec!["agent".to_owned(), "run".into()]),
-                AgentExe::Agent(p) => (p.clone(), vec!["run".to_owned()]),
-            };
-            args.extend(["--config".into(), s(&config), "--exit-on-stdin-eof".into()]);
-            let line = self.procs.spawn(
-                &id,
-                &exe,
-                &args,
-                &self.logs.join(format!("{id}.log")),
-                "listening ",
-                Duration::from_secs(60),
-            )?;
-            let api = line
-                .strip_prefix("listening api=")
-                .ok_or_else(|| anyhow!("{id}: unexpected {line:?}"))?
-                .to_owned();
+            let api = self.spawn_agent(&id)?;
             self.ids.push(id);
             self.apis.push(api);
         }
+        Ok(())
+    }
+
+    /// Starts device `id`'s agent on its config; returns its API address.
+    fn spawn_agent(&mut self, id: &str) -> Result<String> {
+        let config = self.opts.dir.join("agents").join(format!("{id}.toml"));
+        let (exe, mut args) = match &self.opts.agent {
+            AgentExe::Outpost(p) => (p.clone(), vec!["agent".to_owned(), "run".into()]),
+            AgentExe::Agent(p) => (p.clone(), vec!["run".to_owned()]),
+        };
+        args.extend(["--config".into(), s(&config), "--exit-on-stdin-eof".into()]);
+        let line = self.procs.spawn(
+            id,
+            &exe,
+            &args,
+            &self.logs.join(format!("{id}.log")),
+            "listening ",
+            Duration::from_secs(60),
+        )?;
+        Ok(line
+            .strip_prefix("listening api=")
+            .ok_or_else(|| anyhow!("{id}: unexpected {line:?}"))?
+            .to_owned())
+    }
+
+    /// SIGKILLs device `i`'s agent (no flush, no goodbye).
+    pub fn kill_agent(&mut self, i: usize) -> bool {
+        match self.ids.get(i).cloned() {
+            Some(id) => self.procs.kill(&id),
+            None => false,
+        }
+    }
+
+    /// Starts device `i`'s agent again (same config and store; a new API
+    /// port, in `apis[i]`).
+    pub fn restart_agent(&mut self, i: usize) -> Result<()> {
+        let id = self
+            .ids
+            .get(i)
+            .cloned()
+            .ok_or_else(|| anyhow!("no device {i}"))?;
+        let api = self.spawn_agent(&id)?;
+        self.apis[i] = api;
         Ok(())
     }
 

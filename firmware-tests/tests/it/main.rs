@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod attacks;
+mod crashes;
 mod disk;
 mod garbage;
 mod outage;
