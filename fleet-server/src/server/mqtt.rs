@@ -4,7 +4,10 @@
 //! `…/devices/{id}/commands`.
 //!
 //! Never panics on a payload: anything that does not decode is counted in
-//! `outpost_mqtt_rejected_total{kind,reason}` and dropped.
+//! `outpost_mqtt_rejected_total{kind,reason}` and dropped; so is a telemetry
+//! window whose profile does not decode (`reason="profile"`) or whose key
+//! names another device, model or version than its topic and envelope
+//! (`reason="forged"`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -326,6 +329,28 @@ pub(crate) fn handle_publish(app: &App, topic: &str, payload: &[u8]) {
         }
     };
     let now = crate::clock::now_unix();
+    // A window is stored only when its profile decodes and its key names the
+    // device of the topic and the model of the envelope: a device cannot
+    // feed another device's (or another version's) statistics.
+    if let DeviceMessage::Telemetry(w) = &msg {
+        let record = WindowRecord {
+            device: id.clone(),
+            received_at: now,
+            window: w.clone(),
+        };
+        if super::evidence::window_profile(&record).is_none() {
+            let reason = match outpost_telemetry::WindowProfile::from_bytes(
+                &w.profile,
+                outpost_telemetry::WINDOW_DECODE_LIMIT,
+            ) {
+                Ok(_) => "forged",
+                Err(_) => "profile",
+            };
+            app.metrics.reject(kind.as_str(), reason);
+            tracing::warn!(device = %id, reason, "telemetry window refused");
+            return;
+        }
+    }
     if let Err(e) = apply(app, &id, &msg, now) {
         app.metrics.reject(kind.as_str(), "store");
         tracing::warn!(device = %id, error = %e, "could not store a device message");

@@ -5,94 +5,14 @@
 //! rule fires for it once the version is live.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::time::Duration;
 
 use outpost_protocol::bytes::Sha256;
 use outpost_protocol::messages::{DeviceMessage, ModelRef, Slot, TelemetryWindow};
-use outpost_runtime::{Package, PackageLimits};
-use outpost_telemetry::{
-    ProfileOptions, REFERENCE_DECODE_LIMIT, Recorder, ReferenceProfile, Request, Role, Value,
-    WindowKey,
-};
+use outpost_telemetry::Role;
 use serde_json::Value as Json;
 
 use crate::alerts::birth;
 use crate::support::*;
-
-const WINDOW: u64 = 300;
-
-/// The digits test rows (64 pixels) and labels.
-fn digits() -> (Vec<Vec<f64>>, Vec<i64>) {
-    let x = outpost_runtime::npy::read_npy(fixture("digits_test_x.npy")).unwrap();
-    let y = outpost_runtime::npy::read_npy(fixture("digits_test_y.npy")).unwrap();
-    let xs: Vec<f64> = x
-        .to_plain_array_view::<f32>()
-        .unwrap()
-        .iter()
-        .map(|&v| f64::from(v))
-        .collect();
-    let ys: Vec<i64> = y
-        .to_plain_array_view::<i64>()
-        .unwrap()
-        .iter()
-        .copied()
-        .collect();
-    (xs.chunks(64).map(<[f64]>::to_vec).collect(), ys)
-}
-
-/// One window of every row, as device `device` would record it; the input
-/// column `zeroed` (if any) reads 0 on this device.
-fn window(
-    reference: &Arc<ReferenceProfile>,
-    device: &str,
-    start: u64,
-    zeroed: Option<usize>,
-) -> Vec<u8> {
-    let (rows, labels) = digits();
-    let outputs = reference
-        .columns()
-        .iter()
-        .filter(|c| c.role() == Role::Output)
-        .count();
-    let key = WindowKey {
-        device: device.into(),
-        model: "digits".into(),
-        version: "1.0.0".into(),
-        start,
-        length: WINDOW as u32,
-    };
-    let options = ProfileOptions {
-        kll_k: Some(64),
-        ..Default::default()
-    };
-    let mut rec = Recorder::new(reference.clone(), key, options).unwrap();
-    for (row, label) in rows.iter().zip(&labels) {
-        let inputs: Vec<Value<'_>> = row
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| Value::Number(if Some(i) == zeroed { 0.0 } else { v }))
-            .collect();
-        // One output: the class; several: a one-hot row of probabilities.
-        let outs: Vec<Value<'_>> = if outputs == 1 {
-            vec![Value::Number(*label as f64)]
-        } else {
-            (0..outputs)
-                .map(|k| Value::Number(if k as i64 == *label { 1.0 } else { 0.0 }))
-                .collect()
-        };
-        rec.record(&Request {
-            inputs: &inputs,
-            outputs: &outs,
-            latency: Duration::from_micros(300),
-            ok: true,
-            confidence: Some(0.9),
-            segment: None,
-        })
-        .unwrap();
-    }
-    rec.finish().to_bytes()
-}
 
 fn report(server: &Server, token: &str, args: &[&str]) -> Json {
     let mut all = vec!["drift", "digits@1.0.0"];
@@ -141,14 +61,7 @@ fn fleet_drift_by_group_and_time_and_a_drift_alert_on_the_shifted_feature() {
     let opk = pack(d, "mlp_fp32.onnx", "1.0.0", "low");
     server.json(&op, &["model", "push", s(&opk)], 0);
     let bytes = std::fs::read(&opk).unwrap();
-    let pkg = Package::from_bytes(&bytes, "digits 1.0.0", &PackageLimits::default()).unwrap();
-    let reference = Arc::new(
-        ReferenceProfile::from_bytes(
-            pkg.member(outpost_runtime::package::REFERENCE).unwrap(),
-            REFERENCE_DECODE_LIMIT,
-        )
-        .unwrap(),
-    );
+    let reference = reference_of(&opk);
     let inputs: Vec<String> = reference
         .columns()
         .iter()
@@ -324,14 +237,7 @@ fn model_metric_rules_fire_on_the_stored_windows() {
     let opk = pack(d, "mlp_fp32.onnx", "1.0.0", "low");
     server.json(&op, &["model", "push", s(&opk)], 0);
     let bytes = std::fs::read(&opk).unwrap();
-    let pkg = Package::from_bytes(&bytes, "digits 1.0.0", &PackageLimits::default()).unwrap();
-    let reference = Arc::new(
-        ReferenceProfile::from_bytes(
-            pkg.member(outpost_runtime::package::REFERENCE).unwrap(),
-            REFERENCE_DECODE_LIMIT,
-        )
-        .unwrap(),
-    );
+    let reference = reference_of(&opk);
     let mqtt = Mqtt::connect(server.mqtt_port(), "cam");
     let now = outpost_fleet::clock::now_unix();
     mqtt.send("cam-1", birth(1, "rpi5"));

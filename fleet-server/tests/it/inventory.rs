@@ -118,15 +118,38 @@ fn inventory_telemetry_labels_and_retire_directives_over_the_embedded_broker() {
     assert_eq!(d1["installed"][0]["version"], "1.0.0");
 
     // A telemetry window delivered twice is stored once.
-    let window = DeviceMessage::Telemetry(TelemetryWindow {
-        model: model_ref("1.0.0", sha),
-        slot: Slot::Active,
-        window_start: 1_800_000_000,
-        window_secs: 60,
-        profile: vec![1, 2, 3],
+    let reference = reference_of(&opk);
+    let start = 1_800_000_000;
+    let telemetry = |profile: Vec<u8>| {
+        DeviceMessage::Telemetry(TelemetryWindow {
+            model: model_ref("1.0.0", sha),
+            slot: Slot::Active,
+            window_start: start,
+            window_secs: WINDOW as u32,
+            profile,
+        })
+    };
+    let good = telemetry(window(&reference, "pump-1", start, None));
+    dev.send("pump-1", good.clone());
+    dev.send("pump-1", good);
+    // Forged: pump-2's statistics sent on pump-1's topic; and a profile
+    // that does not decode. Neither is stored.
+    dev.send(
+        "pump-1",
+        telemetry(window(&reference, "pump-2", start + 60, None)),
+    );
+    dev.send("pump-1", telemetry(vec![1, 2, 3]));
+    wait_for("the forged windows refused", T, || {
+        let forged = metric(
+            &server,
+            "outpost_mqtt_rejected_total{kind=\"telemetry\",reason=\"forged\"}",
+        )?;
+        let profile = metric(
+            &server,
+            "outpost_mqtt_rejected_total{kind=\"telemetry\",reason=\"profile\"}",
+        )?;
+        (forged >= 1.0 && profile >= 1.0).then_some(())
     });
-    dev.send("pump-1", window.clone());
-    dev.send("pump-1", window);
     wait_for("the duplicate window", T, || {
         metric(
             &server,

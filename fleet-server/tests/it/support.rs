@@ -483,3 +483,100 @@ impl Mqtt {
         serde_json::from_slice(&self.next_publish().1).unwrap()
     }
 }
+
+/// The reference profile packed in `opk`.
+pub fn reference_of(opk: &Path) -> std::sync::Arc<outpost_telemetry::ReferenceProfile> {
+    let bytes = std::fs::read(opk).unwrap();
+    let pkg = outpost_runtime::Package::from_bytes(
+        &bytes,
+        "package",
+        &outpost_runtime::PackageLimits::default(),
+    )
+    .unwrap();
+    std::sync::Arc::new(
+        outpost_telemetry::ReferenceProfile::from_bytes(
+            pkg.member(outpost_runtime::package::REFERENCE).unwrap(),
+            outpost_telemetry::REFERENCE_DECODE_LIMIT,
+        )
+        .unwrap(),
+    )
+}
+
+/// A window length, seconds.
+pub const WINDOW: u64 = 300;
+
+/// The digits test rows (64 pixels) and labels.
+pub fn digits() -> (Vec<Vec<f64>>, Vec<i64>) {
+    let x = outpost_runtime::npy::read_npy(fixture("digits_test_x.npy")).unwrap();
+    let y = outpost_runtime::npy::read_npy(fixture("digits_test_y.npy")).unwrap();
+    let xs: Vec<f64> = x
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .map(|&v| f64::from(v))
+        .collect();
+    let ys: Vec<i64> = y
+        .to_plain_array_view::<i64>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    (xs.chunks(64).map(<[f64]>::to_vec).collect(), ys)
+}
+
+/// One window of every row, as device `device` would record it; the input
+/// column `zeroed` (if any) reads 0 on this device.
+pub fn window(
+    reference: &std::sync::Arc<outpost_telemetry::ReferenceProfile>,
+    device: &str,
+    start: u64,
+    zeroed: Option<usize>,
+) -> Vec<u8> {
+    let (rows, labels) = digits();
+    let outputs = reference
+        .columns()
+        .iter()
+        .filter(|c| c.role() == outpost_telemetry::Role::Output)
+        .count();
+    let key = outpost_telemetry::WindowKey {
+        device: device.into(),
+        model: "digits".into(),
+        version: "1.0.0".into(),
+        start,
+        length: WINDOW as u32,
+    };
+    let options = outpost_telemetry::ProfileOptions {
+        kll_k: Some(64),
+        ..Default::default()
+    };
+    let mut rec = outpost_telemetry::Recorder::new(reference.clone(), key, options).unwrap();
+    for (row, label) in rows.iter().zip(&labels) {
+        let inputs: Vec<outpost_telemetry::Value<'_>> = row
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                outpost_telemetry::Value::Number(if Some(i) == zeroed { 0.0 } else { v })
+            })
+            .collect();
+        // One output: the class; several: a one-hot row of probabilities.
+        let outs: Vec<outpost_telemetry::Value<'_>> = if outputs == 1 {
+            vec![outpost_telemetry::Value::Number(*label as f64)]
+        } else {
+            (0..outputs)
+                .map(|k| {
+                    outpost_telemetry::Value::Number(if k as i64 == *label { 1.0 } else { 0.0 })
+                })
+                .collect()
+        };
+        rec.record(&outpost_telemetry::Request {
+            inputs: &inputs,
+            outputs: &outs,
+            latency: Duration::from_micros(300),
+            ok: true,
+            confidence: Some(0.9),
+            segment: None,
+        })
+        .unwrap();
+    }
+    rec.finish().to_bytes()
+}
