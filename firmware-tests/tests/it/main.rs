@@ -16,5 +16,6 @@ mod crashes;
 mod disk;
 mod garbage;
 mod outage;
+mod retire;
 mod rollouts;
 mod support;
