@@ -401,9 +401,11 @@ fn walk(args: &DemoArgs, exe: &Path, dir: &Path) -> Result<()> {
     ));
     match args.exit_after {
         Some(secs) => {
-            say(&format!(
-                "The fleet keeps running for {secs}s (--exit-after)."
-            ));
+            if secs > 0 {
+                say(&format!(
+                    "The fleet keeps running for {secs} s (--exit-after), then stops."
+                ));
+            }
             let until = Instant::now() + Duration::from_secs(secs);
             while Instant::now() < until {
                 if let Some(dead) = demo.fleet.procs.exited() {

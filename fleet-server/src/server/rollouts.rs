@@ -379,11 +379,12 @@ impl Controller {
     }
 
     async fn start(&mut self, req: StartReq, actor: &str, now: u64) -> ApiResult<Value> {
-        let director = self.app.director.clone().ok_or_else(|| {
-            ApiError::conflict(
+        // Every directive of a rollout is signed by the director key.
+        if self.app.director.is_none() {
+            return Err(ApiError::conflict(
                 "this server has no director key: start `outpost serve` with --director-key",
-            )
-        })?;
+            ));
+        }
         let plan = Plan::from_toml(&req.plan).map_err(|e| {
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -484,7 +485,6 @@ impl Controller {
                     e.to_string(),
                 ),
             })?;
-        let _ = director; // checked above: every directive needs it
         // Index first: a crash between here and the first snapshot leaves
         // an id without a snapshot, which restore skips (nothing was sent).
         self.order.push(id.clone());
