@@ -110,6 +110,44 @@ fn package_name(path: &std::path::Path) -> Option<String> {
         .map(|p| p.manifest().name.clone())
 }
 
+/// Serves an installed model from its pointer: the active package, or, when
+/// it no longer loads (a rotted file), the previous verified one rather
+/// than nothing (the fleet sees the version in birth and state and can
+/// redeploy). Errs when neither loads.
+fn load_pointer(
+    files: &update_fs::UpdateFiles,
+    pointer: &update::SlotPointer,
+    ctx: &LoadContext<'_>,
+    fallback: crate::config::Fallback,
+    host: &ModelHost,
+) -> Result<(), serve::LoadError> {
+    let load = |r: &outpost_protocol::messages::ModelRef| {
+        update_shell::load_installed(files, r, ctx, fallback.clone())
+    };
+    let previous = || {
+        pointer.previous.as_ref().and_then(|p| {
+            load(p)
+                .map_err(|e| tracing::warn!(error = %e, "previous model does not load"))
+                .ok()
+        })
+    };
+    match load(&pointer.active) {
+        Ok(active) => {
+            tracing::info!(model = %active.name, version = %active.version, "installed model loaded");
+            host.set(Arc::new(active), previous().map(Arc::new));
+            Ok(())
+        }
+        Err(e) => match previous() {
+            Some(p) => {
+                tracing::error!(error = %e, version = %p.version, "installed model does not load; serving the previous one");
+                host.set(Arc::new(p), None);
+                Ok(())
+            }
+            None => Err(e),
+        },
+    }
+}
+
 /// First boot: the verified package is copied into the update folder and
 /// its pointer written, so later updates and restarts work from there.
 fn install_first_boot(
@@ -162,82 +200,42 @@ impl AgentState {
         };
         let files = update_fs::UpdateFiles::open(&config.data_dir).map_err(StartError::Files)?;
         let slots = files.read_slots().map_err(StartError::Files)?;
+        // Each configured package's model name, read once.
+        let configured: Vec<Option<String>> = config
+            .models
+            .iter()
+            .map(|m| package_name(&m.package))
+            .collect();
         // Models installed over the air (not in the config) have their
         // pointers too, and serve again after a restart like the others.
         // Found by the whole-system crash scenario: a device provisioned
         // without models and deployed by a directive came back from a
         // SIGKILL serving nothing.
-        let configured: std::collections::BTreeSet<String> = config
-            .models
-            .iter()
-            .filter_map(|m| package_name(&m.package))
-            .collect();
         for (name, pointer) in &slots {
-            if configured.contains(name) {
+            if configured.iter().flatten().any(|n| n == name) {
                 continue;
             }
-            let load = |r: &outpost_protocol::messages::ModelRef| {
-                update_shell::load_installed(&files, r, &ctx, crate::config::Fallback::Reject)
-            };
-            match load(&pointer.active) {
-                Ok(active) => {
-                    let previous = pointer.previous.as_ref().and_then(|p| {
-                        load(p)
-                            .map_err(|e| tracing::warn!(error = %e, "previous model does not load"))
-                            .ok()
-                    });
-                    tracing::info!(model = %active.name, version = %active.version, "installed model loaded");
-                    host.set(Arc::new(active), previous.map(Arc::new));
-                }
-                Err(e) => {
-                    match pointer.previous.as_ref().map(load) {
-                        Some(Ok(p)) => {
-                            tracing::error!(error = %e, version = %p.version, "installed model does not load; serving the previous one");
-                            host.set(Arc::new(p), None);
-                        }
-                        // Nothing verified to serve for this model; the
-                        // others still serve and the fleet can redeploy.
-                        _ => {
-                            tracing::error!(error = %e, model = %name, "installed model does not load")
-                        }
-                    }
-                }
+            // Nothing verified to serve for this model: the others still
+            // serve and the fleet can redeploy.
+            if let Err(e) = load_pointer(
+                &files,
+                pointer,
+                &ctx,
+                crate::config::Fallback::Reject,
+                &host,
+            ) {
+                tracing::error!(error = %e, model = %name, "installed model does not load");
             }
         }
-        for m in &config.models {
+        for (m, name) in config.models.iter().zip(&configured) {
             // Design: once a model is installed (its pointer file exists),
             // the pointer is the truth — the update machine may have moved
             // on from the first-boot package, whose release metadata may
             // since have expired. Only a first boot needs the configured
             // package to verify.
-            if let Some(pointer) = package_name(&m.package).and_then(|n| slots.get(&n)) {
-                let fallback = m.fallback.clone();
-                let load = |r: &outpost_protocol::messages::ModelRef| {
-                    update_shell::load_installed(&files, r, &ctx, fallback.clone())
-                };
-                let previous = || {
-                    pointer.previous.as_ref().and_then(|p| {
-                        load(p)
-                            .map_err(|e| tracing::warn!(error = %e, "previous model does not load"))
-                            .ok()
-                    })
-                };
-                match load(&pointer.active) {
-                    Ok(active) => {
-                        tracing::info!(model = %active.name, version = %active.version, "installed model loaded");
-                        host.set(Arc::new(active), previous().map(Arc::new));
-                    }
-                    // A rotted active package: serve the previous verified
-                    // model rather than nothing (the fleet sees the version
-                    // in birth and state and can redeploy).
-                    Err(e) => match previous() {
-                        Some(p) => {
-                            tracing::error!(error = %e, version = %p.version, "installed model does not load; serving the previous one");
-                            host.set(Arc::new(p), None);
-                        }
-                        None => return Err(StartError::Model(Box::new(e))),
-                    },
-                }
+            if let Some(pointer) = name.as_ref().and_then(|n| slots.get(n)) {
+                load_pointer(&files, pointer, &ctx, m.fallback.clone(), &host)
+                    .map_err(|e| StartError::Model(Box::new(e)))?;
                 continue;
             }
             let loaded =

@@ -814,3 +814,123 @@ impl Drop for Traffic {
         }
     }
 }
+
+/// A private Mosquitto on a free port of 127.0.0.1, for tests that need a
+/// real external broker: its listener takes `extra` settings (anonymous
+/// access, TLS, ACLs); persistence is on, in its own temporary folder, so a
+/// stopped and restarted broker keeps its persistent sessions and their
+/// queued messages. Killed on drop.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Option<Child>,
+    pub port: u16,
+    bin: &'static str,
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// The installed broker, if any.
+    pub fn binary() -> Option<&'static str> {
+        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+    }
+
+    /// Starts one (see [`Mosquitto::binary`]; errors when it is missing).
+    pub fn start(extra: &str) -> Result<Mosquitto> {
+        let bin = Mosquitto::binary().ok_or_else(|| anyhow!("mosquitto is not installed"))?;
+        let dir = tempfile::tempdir()?;
+        // A port free now may be taken before Mosquitto binds: retry.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let conf = dir.path().join("mosquitto.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    // `user root`: run as root, Mosquitto would switch to its
+                    // own user, who cannot read this private folder.
+                    "user root\nper_listener_settings false\nlistener {port} 127.0.0.1\n{extra}\
+                     max_queued_messages 100000\npersistence true\npersistence_location {}/\n",
+                    dir.path().display()
+                ),
+            )?;
+            if let Some(child) = listen(bin, &conf, port) {
+                return Ok(Mosquitto {
+                    child: Some(child),
+                    port,
+                    bin,
+                    conf,
+                    _dir: dir,
+                });
+            }
+        }
+        bail!("mosquitto did not start on any of 5 free ports")
+    }
+
+    /// Starts it again on the same port and files; false if it did not
+    /// listen within 10 s.
+    pub fn restart(&mut self) -> bool {
+        self.child = listen(self.bin, &self.conf, self.port);
+        self.child.is_some()
+    }
+
+    /// SIGTERM (it saves its persistence file) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `mqtt://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Starts `bin -c conf` and waits (10 s at most) until it listens on `port`.
+fn listen(bin: &str, conf: &Path, port: u16) -> Option<Child> {
+    let mut child = Command::new(bin)
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some(child);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -46,7 +46,7 @@ fn outbox(api: &str) -> u64 {
 
 #[test]
 fn scenario_6_a_broker_outage_loses_no_window_and_counts_none_twice() {
-    let Some(mut broker) = Mosquitto::start() else {
+    let Some(mut broker) = mosquitto() else {
         return;
     };
     let Some(f) = fleet_on(fleet_size(), Some(broker.url())) else {

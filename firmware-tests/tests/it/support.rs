@@ -121,119 +121,12 @@ pub fn digits(name: &str) -> PathBuf {
     repo(&format!("runtime/tests/fixtures/digits/{name}"))
 }
 
-/// A private Mosquitto on a free port, with persistence (it keeps the
-/// server's persistent session and its queued messages across a restart);
-/// killed on drop.
-pub struct Mosquitto {
-    child: Option<std::process::Child>,
-    pub port: u16,
-    bin: &'static str,
-    conf: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    pub fn start() -> Option<Mosquitto> {
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-        let Some(bin) = bin else {
-            skip_or_fail("mosquitto is not installed (apt install mosquitto)");
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        // A port free now may be taken before Mosquitto binds: retry.
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let conf = dir.path().join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    // `user root`: run as root, Mosquitto would switch to its
-                    // own user, who cannot read this private folder.
-                    "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\n\
-                     max_queued_messages 100000\npersistence true\npersistence_location {}/\n",
-                    dir.path().display()
-                ),
-            )
-            .unwrap();
-            if let Some(child) = listen(bin, &conf, port) {
-                return Some(Mosquitto {
-                    child: Some(child),
-                    port,
-                    bin,
-                    conf,
-                    _dir: dir,
-                });
-            }
-        }
-        panic!("mosquitto did not start on any of 5 free ports");
+/// A private Mosquitto (anonymous access), or None after skip_or_fail
+/// when it is not installed.
+pub fn mosquitto() -> Option<outpost_fleet::harness::Mosquitto> {
+    if outpost_fleet::harness::Mosquitto::binary().is_none() {
+        skip_or_fail("mosquitto is not installed (apt install mosquitto)");
+        return None;
     }
-
-    /// Starts it again on the same port and files; false if it did not
-    /// listen within 10 s.
-    pub fn restart(&mut self) -> bool {
-        self.child = listen(self.bin, &self.conf, self.port);
-        self.child.is_some()
-    }
-
-    /// SIGTERM (it saves its persistence file) and waits for it to exit.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = std::process::Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(25));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-}
-
-/// Starts `bin -c conf` and waits (10 s at most) until it listens on `port`.
-fn listen(bin: &str, conf: &Path, port: u16) -> Option<std::process::Child> {
-    let mut child = std::process::Command::new(bin)
-        .arg("-c")
-        .arg(conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .ok()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(_)) = child.try_wait() {
-            return None;
-        }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(child);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    None
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    Some(outpost_fleet::harness::Mosquitto::start("allow_anonymous true\n").unwrap())
 }

@@ -113,6 +113,11 @@ fn say(text: &str) {
     let _ = out.flush();
 }
 
+/// Seconds since `started`, as the transcript's left column.
+fn since(started: Instant) -> String {
+    format!("{:>5.1}s", started.elapsed().as_secs_f64())
+}
+
 struct Demo {
     fleet: Fleet,
     started: Instant,
@@ -120,7 +125,7 @@ struct Demo {
 
 impl Demo {
     fn elapsed(&self) -> String {
-        format!("{:>5.1}s", self.started.elapsed().as_secs_f64())
+        since(self.started)
     }
 
     /// Pushes and approves; returns the registry's measured accuracy, its
@@ -171,7 +176,7 @@ impl Demo {
         let mut ended = 0usize;
         let mut last_table = Instant::now();
         let started_at = self.started;
-        let elapsed = move || format!("{:>5.1}s", started_at.elapsed().as_secs_f64());
+        let elapsed = move || since(started_at);
         self.fleet.follow(&id, |v| {
             let timeline = v["timeline"].as_array().cloned().unwrap_or_default();
             for t in timeline.iter().skip(shown) {
@@ -246,7 +251,6 @@ pub(crate) fn run(args: DemoArgs) -> Result<()> {
 
 fn walk(args: &DemoArgs, exe: &Path, dir: &Path) -> Result<()> {
     let started = Instant::now();
-    let since = || format!("{:>5.1}s", started.elapsed().as_secs_f64());
     say("outpost demo: a signed canary rollout, end to end, on this machine");
     say(&format!("  files: {}", dir.display()));
     let fleet = Fleet::start(FleetOptions {
@@ -269,7 +273,7 @@ fn walk(args: &DemoArgs, exe: &Path, dir: &Path) -> Result<()> {
          (http={} mqtt={}: embedded broker, sled store in {})\n        \
          tokens for olivia (operator), ada and grace (approvers); {} agents online ({}), \
          each with its own store, pinned root and local API",
-        since(),
+        since(started),
         keys.display(),
         fleet.server.trim_start_matches("http://"),
         fleet.mqtt,

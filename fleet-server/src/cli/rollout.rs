@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::client::{Client, cell, enc, table};
 use super::{Conn, emit, invalid};
+use outpost_fleet::harness::{is_final, state_name};
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum RolloutCommand {
@@ -160,20 +161,6 @@ fn operate(client: &Client, id: &str, command: &str, json_out: bool) -> Result<(
     emit(json_out, &v, || {
         println!("rollout {id}: {command} → {}", state_name(&v));
     })
-}
-
-/// Whether the rollout ended (halted or completed).
-pub(crate) fn is_final(v: &Value) -> bool {
-    matches!(state_name(v).as_str(), "halted" | "completed")
-}
-
-/// The state's name: `State` serializes as `{"running": {…}}`.
-pub(crate) fn state_name(v: &Value) -> String {
-    match &v["state"] {
-        Value::Object(m) => m.keys().next().cloned().unwrap_or_default(),
-        Value::String(s) => s.clone(),
-        _ => String::new(),
-    }
 }
 
 fn num(v: &Value, digits: usize) -> String {

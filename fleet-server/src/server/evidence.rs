@@ -46,9 +46,21 @@ pub(crate) fn reference_of(
 /// and its key names the device that sent it (a window claiming another
 /// device's id is not counted).
 pub(crate) fn window_profile(record: &WindowRecord) -> Option<WindowProfile> {
-    let w = WindowProfile::from_bytes(&record.window.profile, WINDOW_DECODE_LIMIT).ok()?;
-    (w.key.device == record.device.as_str()
+    checked_window(record).ok()
+}
+
+/// [`window_profile`], or why not: `"profile"` (it does not decode) or
+/// `"forged"` (its key names another device, model or version than the
+/// topic and the envelope).
+pub(crate) fn checked_window(record: &WindowRecord) -> Result<WindowProfile, &'static str> {
+    let w = WindowProfile::from_bytes(&record.window.profile, WINDOW_DECODE_LIMIT)
+        .map_err(|_| "profile")?;
+    if w.key.device == record.device.as_str()
         && w.key.model == record.window.model.name
-        && w.key.version == record.window.model.version)
-        .then_some(w)
+        && w.key.version == record.window.model.version
+    {
+        Ok(w)
+    } else {
+        Err("forged")
+    }
 }

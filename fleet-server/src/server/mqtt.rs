@@ -331,27 +331,27 @@ pub(crate) fn handle_publish(app: &App, topic: &str, payload: &[u8]) {
     let now = crate::clock::now_unix();
     // A window is stored only when its profile decodes and its key names the
     // device of the topic and the model of the envelope: a device cannot
-    // feed another device's (or another version's) statistics.
-    if let DeviceMessage::Telemetry(w) = &msg {
-        let record = WindowRecord {
-            device: id.clone(),
-            received_at: now,
-            window: w.clone(),
-        };
-        if super::evidence::window_profile(&record).is_none() {
-            let reason = match outpost_telemetry::WindowProfile::from_bytes(
-                &w.profile,
-                outpost_telemetry::WINDOW_DECODE_LIMIT,
-            ) {
-                Ok(_) => "forged",
-                Err(_) => "profile",
+    // feed another device's (or another version's) statistics. Decoded
+    // once, here; the rollout controller gets the decoded profile.
+    let window = match &msg {
+        DeviceMessage::Telemetry(w) => {
+            let record = WindowRecord {
+                device: id.clone(),
+                received_at: now,
+                window: w.clone(),
             };
-            app.metrics.reject(kind.as_str(), reason);
-            tracing::warn!(device = %id, reason, "telemetry window refused");
-            return;
+            match super::evidence::checked_window(&record) {
+                Ok(profile) => Some((record, profile)),
+                Err(reason) => {
+                    app.metrics.reject(kind.as_str(), reason);
+                    tracing::warn!(device = %id, reason, "telemetry window refused");
+                    return;
+                }
+            }
         }
-    }
-    if let Err(e) = apply(app, &id, &msg, now) {
+        _ => None,
+    };
+    if let Err(e) = apply(app, &id, &msg, window, now) {
         app.metrics.reject(kind.as_str(), "store");
         tracing::warn!(device = %id, error = %e, "could not store a device message");
         return;
@@ -368,20 +368,14 @@ fn apply(
     app: &App,
     id: &DeviceId,
     msg: &DeviceMessage,
+    window: Option<(WindowRecord, outpost_telemetry::WindowProfile)>,
     now: u64,
 ) -> Result<(), crate::store::StoreError> {
-    if let DeviceMessage::Telemetry(w) = msg {
-        let record = WindowRecord {
-            device: id.clone(),
-            received_at: now,
-            window: w.clone(),
-        };
+    if let Some((record, profile)) = window {
         let stored = app.store.put_window(&record)?;
         // Stored first: after a restart the controller replays from the store.
-        if let Some(profile) = super::evidence::window_profile(&record) {
-            app.rollouts
-                .send(super::rollouts::Input::Window(Box::new(profile)));
-        }
+        app.rollouts
+            .send(super::rollouts::Input::Window(Box::new(profile)));
         app.metrics
             .windows
             .get_or_create(&StatusLabels {

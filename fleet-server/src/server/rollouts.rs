@@ -153,7 +153,12 @@ struct Controller {
     timelines: BTreeMap<String, Vec<TimelineEntry>>,
     /// Ids in start order.
     order: Vec<String>,
+    /// Release metadata and artifact URL per (model, version): read once,
+    /// not per directive (both are fixed once a version is registered).
+    artifacts: BTreeMap<(String, String), Artifact>,
 }
+
+type Artifact = (Option<Signed<ReleaseMetadata>>, Option<String>);
 
 /// Runs the controller until `stop`; `restored` fires once every stored
 /// rollout is restored (the server listens only then, so the API never
@@ -171,6 +176,7 @@ pub(crate) async fn run(
         rollouts: BTreeMap::new(),
         timelines: BTreeMap::new(),
         order: Vec::new(),
+        artifacts: BTreeMap::new(),
     };
     c.restore_all().await;
     let _ = restored.send(());
@@ -681,7 +687,11 @@ impl Controller {
             .sign(&planned.directive(sequence))
             .map_err(|e| e.to_string())?;
         let (release, url) = match planned.action.target() {
-            Some(t) => artifact_of(&self.app, &t.name, &t.version),
+            Some(t) => self
+                .artifacts
+                .entry((t.name.clone(), t.version.clone()))
+                .or_insert_with(|| artifact_of(&self.app, &t.name, &t.version))
+                .clone(),
             None => (None, None),
         };
         let cmd = Director::command(signed, release, url);
@@ -784,13 +794,7 @@ fn verdicts(reports: &[crate::rollout::GateReport]) -> String {
     }
     reports
         .iter()
-        .map(|r| {
-            format!(
-                "{} {}",
-                r.gate.as_str(),
-                format!("{:?}", r.verdict).to_lowercase()
-            )
-        })
+        .map(|r| format!("{} {:?}", r.gate.as_str(), r.verdict).to_lowercase())
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -813,11 +817,7 @@ fn target_ref(v: &VersionRecord) -> ApiResult<TargetRef> {
 
 /// The release metadata and artifact URL devices need to install `name`
 /// `version` (none when the version was pushed without release metadata).
-fn artifact_of(
-    app: &App,
-    name: &str,
-    version: &str,
-) -> (Option<Signed<ReleaseMetadata>>, Option<String>) {
+fn artifact_of(app: &App, name: &str, version: &str) -> Artifact {
     let Ok(Some(v)) = app.store.get_version(name, version) else {
         return (None, None);
     };

@@ -259,7 +259,7 @@ fn inventory_telemetry_labels_and_retire_directives_over_the_embedded_broker() {
 
 #[test]
 fn inventory_through_an_external_mosquitto() {
-    let Some(broker) = Mosquitto::start_with("allow_anonymous true\n") else {
+    let Some(broker) = mosquitto("allow_anonymous true\n") else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -370,7 +370,7 @@ fn inventory_through_mosquitto_over_tls() {
          listener {plain} 127.0.0.1\nallow_anonymous true\n",
         d = p.display()
     );
-    let Some(broker) = Mosquitto::start_with(&extra) else {
+    let Some(broker) = mosquitto(&extra) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();

@@ -10,7 +10,6 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tempfile::TempDir;
 
 pub const T: Duration = Duration::from_secs(60);
 
@@ -312,66 +311,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A private Mosquitto on a free port, killed and reaped on drop.
-pub struct Mosquitto {
-    child: Child,
-    pub port: u16,
-    _dir: TempDir,
-}
+pub use outpost_fleet::harness::Mosquitto;
 
-impl Mosquitto {
-    pub fn start_with(extra: &str) -> Option<Mosquitto> {
-        let bin = ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists());
-        let Some(bin) = bin else {
-            skip_or_fail("mosquitto is not installed (apt install mosquitto)");
-            return None;
-        };
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = free_port();
-            let conf = dir.path().join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!(
-                    "user root\nper_listener_settings false\nlistener {port} 127.0.0.1\n{extra}"
-                ),
-            )
-            .unwrap();
-            let mut child = Command::new(bin)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return Some(Mosquitto {
-                        child,
-                        port,
-                        _dir: dir,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        panic!("mosquitto did not start");
+/// A private Mosquitto whose listener takes `extra` settings (TLS, ACLs),
+/// or None after skip_or_fail when it is not installed.
+pub fn mosquitto(extra: &str) -> Option<Mosquitto> {
+    if Mosquitto::binary().is_none() {
+        skip_or_fail("mosquitto is not installed (apt install mosquitto)");
+        return None;
     }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    Some(Mosquitto::start(extra).unwrap())
 }
 
 /// What a test-side MQTT client saw.
