@@ -236,6 +236,41 @@ mod tests {
             .collect()
     }
 
+    /// Entries go through the store as JSON text; floats in their details
+    /// (gate statistics) must read back bit for bit or the chain breaks.
+    /// Found by `outpost audit verify` after `outpost demo`.
+    #[test]
+    fn floats_in_details_survive_the_store_round_trip() {
+        let mut prev = GENESIS.to_owned();
+        let mut entries = vec![];
+        for (seq, x) in [
+            0.5219828645081172_f64,
+            -4.454306296433964e-16,
+            0.1 + 0.2,
+            3.3e-300,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let seq = seq as u64 + 1;
+            let details = serde_json::json!({"statistic": x, "bounds": [x / 3.0, x * 7.0]});
+            let hash = entry_hash(&prev, seq, 1, "controller", "rollout.advance", &details);
+            let e = AuditEntry {
+                seq,
+                at: 1,
+                actor: "controller".into(),
+                action: "rollout.advance".into(),
+                details,
+                prev: prev.clone(),
+                hash: hash.clone(),
+            };
+            prev = hash;
+            let text = serde_json::to_string(&e).unwrap();
+            entries.push(serde_json::from_str::<AuditEntry>(&text).unwrap());
+        }
+        assert!(verify_entries(&entries, Some((4, &prev))).is_ok());
+    }
+
     #[test]
     fn an_intact_chain_verifies_and_each_tampering_is_named() {
         let c = chain(4);

@@ -164,6 +164,9 @@ fn scenario_1_a_good_canary_is_promoted_stage_by_stage() {
         .cli(Some(&f.admin), &["model", "show", "digits", "1.0.0"])
         .unwrap();
     assert_eq!(v["status"], "deprecated", "{v}");
+    // The hash chain holds every rollout action, gate statistics included.
+    let audit = f.cli(Some(&f.admin), &["audit", "verify"]).unwrap();
+    assert_eq!(audit["ok"], true, "{audit}");
     println!(
         "SUMMARY scenario 1: {} devices, stages 10% → 50% → 100% passed, 1.1.0 serving everywhere in {:.0} s, {} directives, {} requests answered",
         ids.len(),
