@@ -78,6 +78,18 @@ pub fn package_bytes_with(name: &str, version: &str, with_reference: bool) -> Ve
 /// As [`package_bytes_with`], with the pixels' valid range `[0, max]`.
 pub fn package_bytes_ranged(name: &str, version: &str, with_reference: bool, max: f64) -> Vec<u8> {
     let onnx = std::fs::read(repo().join("runtime/tests/fixtures/digits/mlp_fp32.onnx")).unwrap();
+    package_of(onnx, name, version, with_reference, max)
+}
+
+/// A package of any model with the digits MLP's inputs and outputs
+/// (64 pixels in, 10 scores out), its golden rows the first 4 digits.
+pub fn package_of(
+    onnx: Vec<u8>,
+    name: &str,
+    version: &str,
+    with_reference: bool,
+    max: f64,
+) -> Vec<u8> {
     let model = Model::from_onnx_bytes(&onnx, name, None, &LoadOptions::default()).unwrap();
     let info = model.info();
     let mut inputs = info.inputs.clone();
@@ -296,6 +308,42 @@ release = "{release}"
         };
         codec::encode(&cmd).unwrap()
     }
+}
+
+/// A signed command for `device` with `action`, sequence `seq`, release
+/// metadata naming `targets` and the artifact at `url`, encoded as the
+/// commands topic carries it.
+pub fn signed_command(
+    w: &World,
+    device: &str,
+    seq: u64,
+    action: DirectiveAction,
+    targets: &[TargetMeta],
+    url: Option<String>,
+) -> Vec<u8> {
+    let directive = Directive {
+        sequence: seq,
+        selector: Selector::Device(outpost_protocol::topic::DeviceId::new(device).unwrap()),
+        action,
+        rollout: None,
+        issued_at: now(),
+        expires: now() + 3600,
+        offline_grace: OfflineGrace {
+            max_offline_secs: 600,
+            then: GraceAction::RollBack,
+        },
+    };
+    let release = ReleaseMetadata {
+        version: 1,
+        expires: now() + 86_400,
+        targets: targets.to_vec(),
+    };
+    let cmd = outpost_protocol::messages::Command {
+        directive: keys::sign(&directive, Role::Director, &[&w.director_key]).unwrap(),
+        release: Some(keys::sign(&release, Role::Release, &[&w.release_key]).unwrap()),
+        artifact_url: url,
+    };
+    codec::encode(&cmd).unwrap()
 }
 
 /// A port nothing listens on right now.

@@ -6,6 +6,7 @@ mod common;
 mod config;
 mod crash;
 mod download;
+mod health;
 mod mqtt;
 mod start;
 mod tls;
