@@ -50,6 +50,7 @@ pub struct Metrics {
     pub windows_sealed: Counter,
     pub windows_published: Counter,
     pub windows_dropped: Counter,
+    pub events_dropped: Counter,
     pub unprofiled: Family<ModelLabels, Counter>,
     pub shadow_runs: Counter,
     pub update_persist_failures: Counter,
@@ -80,6 +81,7 @@ impl Default for Metrics {
         let windows_sealed = Counter::default();
         let windows_published = Counter::default();
         let windows_dropped = Counter::default();
+        let events_dropped = Counter::default();
         let unprofiled = Family::<ModelLabels, Counter>::default();
         let shadow_runs = Counter::default();
         registry.register(
@@ -107,6 +109,11 @@ impl Default for Metrics {
             "telemetry_windows_dropped",
             "Telemetry windows dropped because the outbox was over its disk budget",
             windows_dropped.clone(),
+        );
+        registry.register(
+            "events_dropped",
+            "Events dropped unsent because the event outbox was full (the oldest go first)",
+            events_dropped.clone(),
         );
         registry.register(
             "requests_unprofiled",
@@ -167,6 +174,7 @@ impl Default for Metrics {
             windows_sealed,
             windows_published,
             windows_dropped,
+            events_dropped,
             unprofiled,
             shadow_runs,
             update_persist_failures,

@@ -1,6 +1,12 @@
 //! The MQTT side (ARCHITECTURE §7): birth on every connection, death as
 //! the last will (same session number), retained state, events, and the
 //! signed commands. Reconnects with exponential backoff and jitter.
+//!
+//! Events go through a persistent outbox like telemetry windows: stored
+//! (with their sequence number) before anything is sent, published in
+//! sequence order while connected, deleted on the broker's PUBACK, and
+//! published again from the oldest unacknowledged one after a reconnect or
+//! a restart. The server drops duplicates by sequence number.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -202,15 +208,39 @@ impl AgentState {
 /// every disconnect and the outbox is published again from its oldest
 /// window. Duplicates are possible (an ack lost with the connection); the
 /// server merges windows idempotently by (device, model, window).
+///
+/// Events work the same way, from the event outbox: they are queued in
+/// sequence order (`last_event` is the newest queued on this connection),
+/// so the broker receives them in order.
 struct Publisher {
     client: AsyncClient,
-    fifo: VecDeque<Option<Vec<u8>>>,
-    inflight: HashMap<u16, Vec<u8>>,
+    fifo: VecDeque<Option<Tracked>>,
+    inflight: HashMap<u16, Tracked>,
     sent: HashSet<Vec<u8>>,
+    events_topic: String,
+    events_in_flight: usize,
+    last_event: Option<u64>,
+}
+
+/// What a publish carries that must be deleted from an outbox on PUBACK.
+#[derive(Debug)]
+enum Tracked {
+    /// A telemetry window, by its outbox key.
+    Window(Vec<u8>),
+    /// An event, by its sequence number.
+    Event(u64),
 }
 
 /// Windows in flight at once (well under the client's 64-request channel).
 const MAX_WINDOWS_IN_FLIGHT: usize = 8;
+
+/// Events in flight at once.
+const MAX_EVENTS_IN_FLIGHT: usize = 8;
+
+/// Events kept unsent at most (an outage of days with a probation
+/// reporting every window); beyond it the oldest are dropped and counted
+/// in `events_dropped`.
+pub const EVENT_OUTBOX_CAP: usize = 1000;
 
 impl Publisher {
     fn publish(
@@ -218,14 +248,14 @@ impl Publisher {
         topic: String,
         payload: Vec<u8>,
         retain: bool,
-        window: Option<Vec<u8>>,
+        tracked: Option<Tracked>,
     ) -> bool {
         match self
             .client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
         {
             Ok(()) => {
-                self.fifo.push_back(window);
+                self.fifo.push_back(tracked);
                 true
             }
             Err(e) => {
@@ -239,10 +269,57 @@ impl Publisher {
         self.fifo.clear();
         self.inflight.clear();
         self.sent.clear();
+        self.events_in_flight = 0;
+        self.last_event = None;
     }
 
-    /// Queues unsent windows, oldest first, up to the in-flight limit.
+    /// Queues unsent events in sequence order, up to the in-flight limit.
+    /// Only while connected: with a clean session, requests queued while
+    /// disconnected are discarded at the next connection.
+    fn drain_events(&mut self, state: &AgentState) {
+        let Ok(outbox) = state.store.events() else {
+            return;
+        };
+        while self.events_in_flight < MAX_EVENTS_IN_FLIGHT {
+            let next = outbox.after(
+                self.last_event,
+                MAX_EVENTS_IN_FLIGHT - self.events_in_flight,
+            );
+            if next.is_empty() {
+                return;
+            }
+            for (seq, payload) in next {
+                let topic = self.events_topic.clone();
+                if !self.publish(topic, payload, false, Some(Tracked::Event(seq))) {
+                    return;
+                }
+                self.last_event = Some(seq);
+                self.events_in_flight += 1;
+            }
+        }
+    }
+
+    /// A PUBACK for `tracked`: it leaves its outbox.
+    fn acked(&mut self, state: &AgentState, tracked: Tracked) {
+        match tracked {
+            Tracked::Window(key) => {
+                state.telemetry.outbox().remove(&key);
+                self.sent.remove(&key);
+                state.metrics.windows_published.inc();
+            }
+            Tracked::Event(seq) => {
+                if let Ok(outbox) = state.store.events() {
+                    outbox.remove(seq);
+                }
+                self.events_in_flight = self.events_in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Queues unsent events, then unsent windows, oldest first, up to the
+    /// in-flight limits.
     fn drain(&mut self, state: &AgentState, topic: &str) {
+        self.drain_events(state);
         let in_flight = self.sent.len();
         if in_flight >= MAX_WINDOWS_IN_FLIGHT {
             return;
@@ -254,7 +331,12 @@ impl Publisher {
             if self.sent.contains(&key) {
                 continue;
             }
-            if !self.publish(topic.to_owned(), payload, false, Some(key.clone())) {
+            if !self.publish(
+                topic.to_owned(),
+                payload,
+                false,
+                Some(Tracked::Window(key.clone())),
+            ) {
                 break;
             }
             self.sent.insert(key);
@@ -292,6 +374,9 @@ pub async fn run(
         fifo: VecDeque::new(),
         inflight: HashMap::new(),
         sent: HashSet::new(),
+        events_topic: topic(TopicKind::Events),
+        events_in_flight: 0,
+        last_event: None,
     };
     let mut connected = false;
     let mut failures: u32 = 0;
@@ -370,10 +455,8 @@ pub async fn run(
                     }
                 }
                 Ok(MqttEvent::Incoming(Packet::PubAck(ack))) => {
-                    if let Some(key) = out.inflight.remove(&ack.pkid) {
-                        state.telemetry.outbox().remove(&key);
-                        out.sent.remove(&key);
-                        state.metrics.windows_published.inc();
+                    if let Some(tracked) = out.inflight.remove(&ack.pkid) {
+                        out.acked(&state, tracked);
                         out.drain(&state, &telemetry_topic);
                     }
                 }
@@ -456,7 +539,31 @@ fn publish_event(
         at: crate::unix_now(),
         kind,
     }));
-    out.publish(topic(TopicKind::Events), ev, false, None);
+    let stored = state
+        .store
+        .events()
+        .and_then(|outbox| outbox.push(seq, &ev, EVENT_OUTBOX_CAP));
+    match stored {
+        Ok(dropped) => {
+            if dropped > 0 {
+                state.metrics.events_dropped.inc_by(dropped);
+                tracing::warn!(dropped, "event outbox full: oldest events dropped");
+            }
+            if state.mqtt_connected.load(Ordering::SeqCst) {
+                out.drain_events(state);
+            }
+        }
+        Err(e) => {
+            // Serving never depends on the store: sent now, if connected,
+            // or lost (counted).
+            tracing::warn!(error = %e, seq, "event not stored");
+            if state.mqtt_connected.load(Ordering::SeqCst) {
+                out.publish(topic(TopicKind::Events), ev, false, None);
+            } else {
+                state.metrics.events_dropped.inc();
+            }
+        }
+    }
 }
 
 /// Reports a refused command as a `VerificationFailed` event.

@@ -94,6 +94,16 @@ impl Store {
         Ok(Outbox { tree })
     }
 
+    /// The event outbox: encoded events waiting for the broker's
+    /// acknowledgement, in sequence order.
+    pub fn events(&self) -> Result<EventOutbox, StoreError> {
+        let tree = self.db.open_tree("events").map_err(|e| StoreError {
+            path: PathBuf::from("store/events"),
+            reason: e.to_string(),
+        })?;
+        Ok(EventOutbox { tree })
+    }
+
     fn next_counter(&self, key: &[u8]) -> Result<u64, StoreError> {
         let err = |e: sled::Error| StoreError {
             path: PathBuf::from("store"),
@@ -220,6 +230,71 @@ impl Outbox {
             .filter_map(|v| v.ok())
             .map(|v| v.len() as u64)
             .sum()
+    }
+}
+
+/// Events not yet acknowledged by the broker, keyed by their sequence
+/// number (big-endian, so sled's order is publication order).
+///
+/// Design: bounded by count, not bytes: events are small and few (steps of
+/// an update, refusals, drops), and the newest say most about the device
+/// now, so the oldest go first.
+#[derive(Debug, Clone)]
+pub struct EventOutbox {
+    tree: sled::Tree,
+}
+
+impl EventOutbox {
+    /// Stores an encoded event, first dropping the oldest while more than
+    /// `cap - 1` are stored; flushed before returning. Returns how many
+    /// were dropped.
+    pub fn push(&self, seq: u64, payload: &[u8], cap: usize) -> Result<u64, StoreError> {
+        let err = |e: sled::Error| StoreError {
+            path: PathBuf::from("store/events"),
+            reason: e.to_string(),
+        };
+        let mut dropped = 0;
+        while self.tree.len() >= cap.max(1) {
+            if self.tree.pop_min().map_err(err)?.is_none() {
+                break;
+            }
+            dropped += 1;
+        }
+        self.tree.insert(seq.to_be_bytes(), payload).map_err(err)?;
+        self.tree.flush().map_err(err)?;
+        Ok(dropped)
+    }
+
+    /// Up to `n` stored events after sequence `after` (exclusive; `None`:
+    /// from the oldest), oldest first.
+    pub fn after(&self, after: Option<u64>, n: usize) -> Vec<(u64, Vec<u8>)> {
+        let range = match after {
+            Some(s) => self.tree.range((s.saturating_add(1)).to_be_bytes()..),
+            None => self.tree.range::<[u8; 8], _>(..),
+        };
+        range
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| {
+                let seq = u64::from_be_bytes(<[u8; 8]>::try_from(k.as_ref()).ok()?);
+                Some((seq, v.to_vec()))
+            })
+            .take(n)
+            .collect()
+    }
+
+    /// Forgets an acknowledged event (durably: an acknowledged event is
+    /// not published again after a restart).
+    pub fn remove(&self, seq: u64) {
+        let _ = self.tree.remove(seq.to_be_bytes());
+        let _ = self.tree.flush();
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
     }
 }
 
@@ -352,5 +427,33 @@ mod tests {
         let (store, _) = Store::open(dir.path()).unwrap();
         assert_eq!(store.next_session().unwrap(), s1 + 1);
         assert_eq!(store.outbox().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_event_outbox_keeps_sequence_order_drops_the_oldest_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let events = store.events().unwrap();
+        // Inserted out of order (never happens, but order is the key's).
+        for seq in [3u64, 1, 2] {
+            assert_eq!(events.push(seq, &[seq as u8], 4).unwrap(), 0);
+        }
+        let seqs = |e: &EventOutbox, after| -> Vec<u64> {
+            e.after(after, 100).into_iter().map(|(s, _)| s).collect()
+        };
+        assert_eq!(seqs(&events, None), vec![1, 2, 3]);
+        assert_eq!(seqs(&events, Some(1)), vec![2, 3]);
+        assert_eq!(events.after(None, 2).len(), 2);
+        // Beyond the cap the oldest go: 1 and 2 for 5 and 6.
+        assert_eq!(events.push(4, b"4", 4).unwrap(), 0);
+        assert_eq!(events.push(5, b"5", 4).unwrap(), 1);
+        assert_eq!(events.push(6, b"6", 4).unwrap(), 1);
+        assert_eq!(seqs(&events, None), vec![3, 4, 5, 6]);
+        assert_eq!(events.after(Some(5), 10), vec![(6, b"6".to_vec())]);
+        events.remove(3);
+        events.remove(99);
+        drop((events, store));
+        let (store, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(seqs(&store.events().unwrap(), None), vec![4, 5, 6]);
     }
 }
