@@ -530,6 +530,7 @@ async fn readyz(State(state): State<Arc<AgentState>>) -> Response {
 }
 
 async fn metrics(State(state): State<Arc<AgentState>>) -> Response {
+    state.metrics.set_engines(&state.host.engines());
     (
         [(
             header::CONTENT_TYPE,

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use std::collections::BTreeMap;
 
-use outpost_protocol::messages::ModelState;
+use outpost_protocol::messages::{ModelState, Slot};
 use outpost_protocol::trust::{DeviceIdentity, TrustState, Verifier};
 use serde_json::json;
 use tokio::sync::watch;
@@ -389,6 +389,23 @@ impl AgentState {
             .list()
             .into_iter()
             .map(|(a, p)| {
+                let engine = |m: &LoadedModel, slot| {
+                    let r = m.engine_report(slot);
+                    json!({
+                        "engine": r.engine,
+                        "reason": r.reason,
+                        "cpu_us": r.cpu_us,
+                        "gpu_us": r.gpu_us,
+                        "adapter": r.adapter,
+                    })
+                };
+                let candidate = self.host.candidate_of(&a.name).map(|c| {
+                    json!({
+                        "version": c.model.version,
+                        "mode": format!("{:?}", c.mode).to_lowercase(),
+                        "engine": engine(&c.model, Slot::Candidate),
+                    })
+                });
                 json!({
                     "name": a.name,
                     "version": a.version,
@@ -396,6 +413,8 @@ impl AgentState {
                     "breaker_open": a.breaker_open(),
                     "fallback": format!("{:?}", a.fallback),
                     "previous": p.map(|p| p.version.clone()),
+                    "engine": engine(&a, Slot::Active),
+                    "candidate": candidate,
                 })
             })
             .collect();

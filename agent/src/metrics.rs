@@ -34,6 +34,26 @@ pub struct CheckLabels {
     pub check: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EngineLabels {
+    pub model: String,
+    pub version: String,
+    /// active or candidate.
+    pub slot: String,
+    /// cpu or gpu.
+    pub engine: String,
+    /// Why: the target's request, the GPU engine's refusal, or the timings.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BenchLabels {
+    pub model: String,
+    pub version: String,
+    /// The engine measured: cpu or gpu.
+    pub engine: String,
+}
+
 type HistogramFamily = Family<ModelLabels, Histogram, fn() -> Histogram>;
 
 #[derive(Debug)]
@@ -55,6 +75,8 @@ pub struct Metrics {
     pub shadow_runs: Counter,
     pub update_persist_failures: Counter,
     pub commands_refused: Family<CheckLabels, Counter>,
+    pub model_engine: Family<EngineLabels, Gauge>,
+    pub engine_benchmark: Family<BenchLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -156,6 +178,18 @@ impl Default for Metrics {
             "Commands refused (undecodable, or failing a trust check), by check; each is also reported as a verification_failed event",
             commands_refused.clone(),
         );
+        let model_engine = Family::<EngineLabels, Gauge>::default();
+        registry.register(
+            "model_engine",
+            "1 for each loaded model (active and candidate), labelled with the engine that runs it and why",
+            model_engine.clone(),
+        );
+        let engine_benchmark = Family::<BenchLabels, Gauge>::default();
+        registry.register(
+            "model_engine_benchmark_microseconds",
+            "Median batch-1 run of each engine, measured when the model was loaded (engine auto)",
+            engine_benchmark.clone(),
+        );
         registry.register(
             "store_recreated",
             "Times the store failed to open and was recreated",
@@ -179,11 +213,47 @@ impl Default for Metrics {
             shadow_runs,
             update_persist_failures,
             commands_refused,
+            model_engine,
+            engine_benchmark,
         }
     }
 }
 
 impl Metrics {
+    /// Sets the engine gauges to the models loaded now (called before each
+    /// scrape: a model unloaded since the last one disappears).
+    pub fn set_engines(&self, reports: &[crate::serve::EngineReport]) {
+        self.model_engine.clear();
+        self.engine_benchmark.clear();
+        for r in reports {
+            let slot = match r.slot {
+                outpost_protocol::messages::Slot::Active => "active",
+                outpost_protocol::messages::Slot::Candidate => "candidate",
+                outpost_protocol::messages::Slot::Previous => "previous",
+            };
+            self.model_engine
+                .get_or_create(&EngineLabels {
+                    model: r.model.name.clone(),
+                    version: r.model.version.clone(),
+                    slot: slot.into(),
+                    engine: r.engine.clone(),
+                    reason: r.reason.clone(),
+                })
+                .set(1);
+            for (engine, us) in [("cpu", r.cpu_us), ("gpu", r.gpu_us)] {
+                if let Some(us) = us {
+                    self.engine_benchmark
+                        .get_or_create(&BenchLabels {
+                            model: r.model.name.clone(),
+                            version: r.model.version.clone(),
+                            engine: engine.into(),
+                        })
+                        .set(i64::try_from(us).unwrap_or(i64::MAX));
+                }
+            }
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing to a String cannot fail.

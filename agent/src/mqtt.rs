@@ -380,6 +380,8 @@ pub async fn run(
     };
     let mut connected = false;
     let mut failures: u32 = 0;
+    // Engine decisions reported in this session (all again at each start).
+    let mut engines_reported: Vec<crate::serve::EngineReport> = vec![];
     let mut rng = crate::jitter_seed();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -409,6 +411,7 @@ pub async fn run(
                 state.seal_due();
                 if connected {
                     report_drops(&state, &mut out, &topic);
+                    report_engines(&state, &mut out, &topic, &mut engines_reported);
                     out.drain(&state, &telemetry_topic);
                 }
             }
@@ -447,6 +450,8 @@ pub async fn run(
                     }
                     publish_birth_and_state(&state, &mut out, &topic, session);
                     report_drops(&state, &mut out, &topic);
+                    engines_reported.clear();
+                    report_engines(&state, &mut out, &topic, &mut engines_reported);
                     out.drain(&state, &telemetry_topic);
                 }
                 Ok(MqttEvent::Outgoing(rumqttc::Outgoing::Publish(pkid))) => {
@@ -504,6 +509,24 @@ fn report_drops(state: &AgentState, out: &mut Publisher, topic: &impl Fn(TopicKi
             bytes: d.bytes,
         },
     );
+}
+
+/// Publishes an `EngineSelected` event for each loaded model (active or
+/// candidate) whose engine decision this session has not reported yet.
+fn report_engines(
+    state: &AgentState,
+    out: &mut Publisher,
+    topic: &impl Fn(TopicKind) -> String,
+    reported: &mut Vec<crate::serve::EngineReport>,
+) {
+    let now = state.host.engines();
+    for r in &now {
+        if !reported.contains(r) {
+            publish_event(state, out, topic, r.event());
+        }
+    }
+    // What is loaded now: an unloaded model is forgotten (bounded).
+    *reported = now;
 }
 
 fn publish_birth_and_state(

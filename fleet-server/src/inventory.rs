@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use outpost_protocol::messages::{DeviceMessage, HealthStatus, ModelRef, Slot};
+use outpost_protocol::messages::{DeviceMessage, EventKind, HealthStatus, ModelRef, Slot};
 use outpost_protocol::topic::DeviceId;
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +18,20 @@ pub struct Installed {
     pub name: String,
     pub version: String,
     pub sha256: String,
+}
+
+/// Which engine runs one loaded model on a device, and why (the agent's
+/// `engine_selected` event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineUse {
+    pub slot: Slot,
+    /// `cpu` or `gpu`.
+    pub engine: String,
+    pub reason: String,
+    /// Median batch-1 run of each engine when the model was loaded, µs.
+    pub cpu_us: Option<u64>,
+    pub gpu_us: Option<u64>,
+    pub adapter: Option<String>,
 }
 
 /// What the fleet knows about one device.
@@ -43,6 +57,10 @@ pub struct DeviceRecord {
     pub session: u64,
     pub root_version: u64,
     pub last_directive: u64,
+    /// The engine of each installed model, by `name@version` (models that
+    /// are no longer installed are dropped).
+    #[serde(default)]
+    pub engines: BTreeMap<String, EngineUse>,
 }
 
 impl DeviceRecord {
@@ -62,7 +80,26 @@ impl DeviceRecord {
             session: 0,
             root_version: 0,
             last_directive: 0,
+            engines: BTreeMap::new(),
         }
+    }
+
+    /// Forgets the engines of models no longer installed; the others take
+    /// the slot they are in now (an active model becomes the previous).
+    fn prune_engines(&mut self) {
+        let installed = &self.installed;
+        self.engines.retain(|k, e| {
+            match installed
+                .iter()
+                .find(|i| k.rsplit_once('@') == Some((i.name.as_str(), i.version.as_str())))
+            {
+                Some(i) => {
+                    e.slot = i.slot;
+                    true
+                }
+                None => false,
+            }
+        });
     }
 
     /// Whether any slot holds `name` `version`.
@@ -107,6 +144,7 @@ pub fn apply(
             d.root_version = b.root_version;
             d.last_directive = b.last_directive;
             d.online = true;
+            d.prune_engines();
         }
         DeviceMessage::Death(x) => {
             if x.session < d.session {
@@ -137,8 +175,34 @@ pub fn apply(
             d.root_version = s.root_version;
             d.last_directive = s.last_directive;
             d.online = true;
+            d.prune_engines();
         }
-        DeviceMessage::Telemetry(_) | DeviceMessage::Event(_) => {
+        DeviceMessage::Event(e) => {
+            if let EventKind::EngineSelected {
+                model,
+                slot,
+                engine,
+                reason,
+                cpu_us,
+                gpu_us,
+                adapter,
+            } = &e.kind
+            {
+                d.engines.insert(
+                    format!("{}@{}", model.name, model.version),
+                    EngineUse {
+                        slot: *slot,
+                        engine: engine.clone(),
+                        reason: reason.clone(),
+                        cpu_us: *cpu_us,
+                        gpu_us: *gpu_us,
+                        adapter: adapter.clone(),
+                    },
+                );
+            }
+            d.online = true;
+        }
+        DeviceMessage::Telemetry(_) => {
             d.online = true;
         }
         DeviceMessage::Command(_) => return None,
@@ -214,5 +278,64 @@ mod tests {
             placement(&[d])[&("digits".into(), "1.0.0".into())],
             vec!["pump-1"]
         );
+    }
+
+    #[test]
+    fn engine_events_are_kept_per_installed_model_and_dropped_with_it() {
+        let id = DeviceId::new("cam-3").unwrap();
+        let model = |version: &str| ModelRef {
+            name: "digits".into(),
+            version: version.into(),
+            sha256: Sha256::of(version.as_bytes()),
+        };
+        let birth = |version: &str| {
+            DeviceMessage::Birth(Birth {
+                session: 1,
+                at: 1,
+                agent_version: "0.1.0".into(),
+                target: "jetson-orin-nano".into(),
+                arch: "aarch64".into(),
+                models: vec![InstalledModel {
+                    model: model(version),
+                    slot: Slot::Active,
+                }],
+                root_version: 1,
+                last_directive: 0,
+            })
+        };
+        let engine = |version: &str, engine: &str| {
+            DeviceMessage::Event(outpost_protocol::messages::Event {
+                seq: 1,
+                at: 2,
+                kind: EventKind::EngineSelected {
+                    model: model(version),
+                    slot: Slot::Active,
+                    engine: engine.into(),
+                    reason: "the GPU is faster".into(),
+                    cpu_us: Some(900),
+                    gpu_us: Some(120),
+                    adapter: Some("Orin on vulkan (integrated_gpu)".into()),
+                },
+            })
+        };
+        let d = apply(None, &id, &birth("1.0.0"), 10).unwrap();
+        let d = apply(Some(d), &id, &engine("1.0.0", "gpu"), 11).unwrap();
+        let e = &d.engines["digits@1.0.0"];
+        assert_eq!((e.engine.as_str(), e.gpu_us), ("gpu", Some(120)));
+        // Its JSON (the API's and the store's) carries it, and reads back.
+        let back: DeviceRecord = serde_json::from_value(serde_json::to_value(&d).unwrap()).unwrap();
+        assert_eq!(back, d);
+        // A record stored before engines existed still reads.
+        let mut old = serde_json::to_value(&d).unwrap();
+        old.as_object_mut().unwrap().remove("engines");
+        assert!(
+            serde_json::from_value::<DeviceRecord>(old)
+                .unwrap()
+                .engines
+                .is_empty()
+        );
+        // 2.0.0 replaces 1.0.0: its engine goes with it.
+        let d = apply(Some(d), &id, &birth("2.0.0"), 12).unwrap();
+        assert!(d.engines.is_empty(), "{:?}", d.engines);
     }
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use outpost_protocol::bytes::Sha256;
 use outpost_protocol::codec;
+use outpost_protocol::messages::{EventKind, ModelRef, Slot};
 use outpost_protocol::trust::{
     MAX_METADATA_BYTES, ReleaseMetadata, Signed, TargetMeta, TrustError, TrustState, Verifier,
     check_reader,
@@ -223,6 +224,67 @@ impl LoadedModel {
     pub fn breaker_open(&self) -> bool {
         self.breaker.lock().map(|b| b.is_open()).unwrap_or(true)
     }
+
+    /// Which engine runs this model and why, as the agent reports it
+    /// (event, `/metrics`, `/v1/status`): the runtime's decision at load.
+    pub fn engine_report(&self, slot: Slot) -> EngineReport {
+        let d = self.model.engine_decision();
+        let us = |v: Option<f64>| {
+            v.filter(|v| v.is_finite() && *v >= 0.0)
+                .map(|v| v.round() as u64)
+        };
+        EngineReport {
+            model: ModelRef {
+                name: self.name.clone(),
+                version: self.version.clone(),
+                sha256: self.sha256,
+            },
+            slot,
+            engine: d.engine.to_string(),
+            reason: d.reason.clone(),
+            cpu_us: us(d.cpu_us),
+            gpu_us: us(d.gpu_us),
+            adapter: d.gpu.as_ref().and_then(|g| {
+                g.adapter.as_ref().map(|a| {
+                    format!(
+                        "{a} on {} ({})",
+                        g.backend.as_deref().unwrap_or("?"),
+                        g.device_type.as_deref().unwrap_or("?")
+                    )
+                })
+            }),
+        }
+    }
+}
+
+/// A loaded model's engine and why (see [`LoadedModel::engine_report`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct EngineReport {
+    pub model: ModelRef,
+    pub slot: Slot,
+    /// `cpu` or `gpu`.
+    pub engine: String,
+    pub reason: String,
+    /// Median batch-1 run of each engine at load, microseconds, when measured.
+    pub cpu_us: Option<u64>,
+    pub gpu_us: Option<u64>,
+    /// The GPU adapter the probe found: `name on backend (device type)`.
+    pub adapter: Option<String>,
+}
+
+impl EngineReport {
+    /// The `engine_selected` event.
+    pub fn event(&self) -> EventKind {
+        EventKind::EngineSelected {
+            model: self.model.clone(),
+            slot: self.slot,
+            engine: self.engine.clone(),
+            reason: self.reason.clone(),
+            cpu_us: self.cpu_us,
+            gpu_us: self.gpu_us,
+            adapter: self.adapter.clone(),
+        }
+    }
 }
 
 /// The reference profile in a package, if any. A malformed one refuses the
@@ -381,6 +443,25 @@ impl ModelHost {
     /// `(active, previous)` of `name`.
     pub fn slots_of(&self, name: &str) -> Option<(Arc<LoadedModel>, Option<Arc<LoadedModel>>)> {
         self.get(name).map(|s| (s.active, s.previous))
+    }
+
+    /// The engine of every loaded model: each name's active model and its
+    /// candidate on probation.
+    pub fn engines(&self) -> Vec<EngineReport> {
+        self.slots
+            .read()
+            .map(|s| {
+                s.values()
+                    .flat_map(|sl| {
+                        std::iter::once(sl.active.engine_report(Slot::Active)).chain(
+                            sl.candidate
+                                .as_ref()
+                                .map(|c| c.model.engine_report(Slot::Candidate)),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// `(active, previous)` of every name.

@@ -6,6 +6,7 @@ mod common;
 mod config;
 mod crash;
 mod download;
+mod engine;
 mod events;
 mod health;
 mod mqtt;

@@ -151,6 +151,15 @@ pub(crate) fn run(cmd: DevicesCommand, json_out: bool, conn: &Conn) -> Result<()
                     cell(&d["health_detail"])
                 );
                 println!("installed    {}", installed(&d));
+                if let Some(engines) = d["engines"].as_object() {
+                    for (model, e) in engines {
+                        println!(
+                            "engine       {model}: {} ({})",
+                            cell(&e["engine"]),
+                            cell(&e["reason"])
+                        );
+                    }
+                }
                 println!("groups       {}", cell(&d["groups"]));
                 println!("labels       {}", d["labels"]);
                 println!(

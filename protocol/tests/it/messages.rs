@@ -241,6 +241,20 @@ fn golden_events() {
                 delta_max_micros: 480_000,
             },
         },
+        Event {
+            seq: 7,
+            at: 1_800_000_007,
+            kind: EventKind::EngineSelected {
+                model: model("2.0.0"),
+                slot: Slot::Candidate,
+                engine: "cpu".into(),
+                reason: "the CPU is faster: measured at load with batch 1: CPU 73 µs, GPU 5577 µs"
+                    .into(),
+                cpu_us: Some(73),
+                gpu_us: Some(5577),
+                adapter: Some("llvmpipe (LLVM 15.0.6, 256 bits) on vulkan (cpu)".into()),
+            },
+        },
     ];
     for (i, e) in events.iter().enumerate() {
         golden(&format!("event-{i}"), e);
