@@ -31,6 +31,10 @@ pub enum DownloadError {
     /// the signed length.
     #[error("{url}: more than the signed {length} bytes")]
     TooLong { url: String, length: u64 },
+    /// The caller asked it to stop (a command is waiting); the bytes
+    /// written are fsynced and the download can resume from them.
+    #[error("{url}: stopped after {bytes_written} bytes")]
+    Stopped { url: String, bytes_written: u64 },
     /// Writing the file failed (a full disk, say).
     #[error("{path}: {source}")]
     Disk {
@@ -46,6 +50,7 @@ impl DownloadError {
         match self {
             DownloadError::Status { bytes_written, .. }
             | DownloadError::Interrupted { bytes_written, .. }
+            | DownloadError::Stopped { bytes_written, .. }
             | DownloadError::Disk { bytes_written, .. } => *bytes_written,
             DownloadError::TooLong { length, .. } => *length,
         }
@@ -78,7 +83,25 @@ pub fn download(
     dest: &Path,
     resume_from: u64,
     length: u64,
+    progress: impl FnMut(u64),
+) -> Result<u64, DownloadError> {
+    download_until(agent, url, dest, resume_from, length, progress, || false)
+}
+
+/// [`download`], asking `stop()` before the request and after every read:
+/// when it says yes, the bytes written so far are fsynced and
+/// [`DownloadError::Stopped`] says how many (a later call resumes there).
+///
+/// A link that delivers nothing is only noticed at the next read, that is
+/// within the agent's receive timeout.
+pub fn download_until(
+    agent: &ureq::Agent,
+    url: &str,
+    dest: &Path,
+    resume_from: u64,
+    length: u64,
     mut progress: impl FnMut(u64),
+    mut stop: impl FnMut() -> bool,
 ) -> Result<u64, DownloadError> {
     let path = dest.display().to_string();
     let disk = |source, bytes_written| DownloadError::Disk {
@@ -98,6 +121,15 @@ pub fn download(
         file.set_len(length).map_err(|e| disk(e, 0))?;
         file.sync_all().map_err(|e| disk(e, 0))?;
         return Ok(length);
+    }
+    let stopped = |bytes_written| DownloadError::Stopped {
+        url: url.to_owned(),
+        bytes_written,
+    };
+    if stop() {
+        file.set_len(written).map_err(|e| disk(e, written))?;
+        sync(&file).map_err(|e| disk(e, written))?;
+        return Err(stopped(written));
     }
     let mut req = agent.get(url);
     if written > 0 {
@@ -155,6 +187,10 @@ pub fn download(
             sync(&file).map_err(|e| disk(e, synced))?;
             synced = written;
             progress(synced);
+        }
+        if written < length && stop() {
+            sync(&file).map_err(|e| disk(e, synced))?;
+            return Err(stopped(written));
         }
     }
     sync(&file).map_err(|e| disk(e, synced))?;

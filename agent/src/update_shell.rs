@@ -23,7 +23,7 @@ use outpost_protocol::trust::{TargetMeta, TrustError, check_reader};
 use outpost_runtime::{Package, PackageLimits, Tensor};
 
 use crate::config::Fallback;
-use crate::download::{DownloadError, download};
+use crate::download::{DownloadError, download_until};
 use crate::serve::probation::{Candidate, ProbationStats};
 use crate::serve::{LoadContext, LoadedModel, ModelHost};
 use crate::update::{
@@ -59,6 +59,20 @@ pub struct Shell<'a> {
     pub fallback: Fallback,
     /// Share of one CPU a shadow candidate may use.
     pub shadow_budget_percent: u8,
+    /// Asked during downloads: a download stops (and the core pauses it)
+    /// when input is waiting that must not wait for its end.
+    pub interrupt: Option<Interrupt<'a>>,
+}
+
+/// "Is input waiting that a download must not hold up?" — the update task
+/// answers from its channel (a command, or a shutdown).
+#[derive(Clone, Copy)]
+pub struct Interrupt<'a>(pub &'a dyn Fn() -> bool);
+
+impl std::fmt::Debug for Interrupt<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Interrupt")
+    }
 }
 
 /// Why driving stopped before the core was idle: the record could not be
@@ -95,7 +109,8 @@ pub fn drive(core: &mut Updater, shell: &Shell<'_>) -> Result<Published, Persist
             } => {
                 let path = shell.files.download_path(&target.sha256);
                 let mut persisted = Ok(());
-                let result = download(shell.http, &url, &path, resume_from, target.length, |p| {
+                let stop = || shell.interrupt.is_some_and(|i| (i.0)());
+                let progress = |p| {
                     // Progress is durable: let the core persist it now.
                     let _ = core.handle_download_progress(Instant::now(), job, p);
                     while let Some(a) = core.poll_action() {
@@ -108,10 +123,22 @@ pub fn drive(core: &mut Updater, shell: &Shell<'_>) -> Result<Published, Persist
                             other => queue.push_back(other),
                         }
                     }
-                });
+                };
+                let result = download_until(
+                    shell.http,
+                    &url,
+                    &path,
+                    resume_from,
+                    target.length,
+                    progress,
+                    stop,
+                );
                 persisted?;
                 match result {
                     Ok(n) => core.handle_download_done(now, job, n),
+                    Err(DownloadError::Stopped { bytes_written, .. }) => {
+                        core.handle_download_paused(now, job, bytes_written)
+                    }
                     Err(e) => core.handle_download_failed(now, job, download_failure(e)),
                 }
             }

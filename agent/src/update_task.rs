@@ -6,8 +6,17 @@
 //! Design: a plain thread, not a tokio task, because every action is
 //! blocking (downloads, fsyncs, model loads, self-tests) and an update may
 //! take minutes; commands that arrive meanwhile wait in the channel, in
-//! order. Besides commands it runs the core's timers and the device's own
-//! health checks while a candidate is on probation:
+//! order, one drive each. A download does not make them wait for its end:
+//! between reads it looks at the channel, and when a command (or the
+//! shutdown) is waiting it stops with its bytes fsynced; the core pauses
+//! the job ([`Updater::handle_download_paused`]) and the command is handled
+//! first. A newer deploy, a rollback or a retire then supersedes or
+//! discards the job without installing it; anything else (a refused or
+//! unrelated command) lets the download resume where it stopped. A stop
+//! of the agent interrupts a download the same way.
+//!
+//! Besides commands it runs the core's timers and the device's own health
+//! checks while a candidate is on probation:
 //! - error rate: the candidate's engine failures over its requests, once
 //!   it has seen [`UpdateTaskConfig::min_requests`];
 //! - crash loop: each start that finds a probation in the record counts a
@@ -17,9 +26,11 @@
 //! A shadow candidate's agreement and score deltas are reported every
 //! telemetry window as a `ShadowReport` event.
 
+use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::time::{Duration, Instant};
 
 use outpost_protocol::messages::{Command, EventKind, ModelRef};
@@ -29,7 +40,7 @@ use crate::AgentState;
 use crate::serve::LoadContext;
 use crate::update::{HealthFailure, ProbationMode, State, Updater};
 use crate::update_fs::UpdateFiles;
-use crate::update_shell::{Published, Shell, drive};
+use crate::update_shell::{Interrupt, Published, Shell, drive};
 
 /// Inputs of the update task.
 #[derive(Debug)]
@@ -96,7 +107,7 @@ pub fn spawn(
     let (tx, rx) = std::sync::mpsc::channel();
     let handle = std::thread::Builder::new()
         .name("outpost-update".into())
-        .spawn(move || Task::new(state, config, out).run(core, rx))?;
+        .spawn(move || Task::new(state, config, out, rx).run(core))?;
     Ok((Updates { tx }, handle))
 }
 
@@ -108,6 +119,9 @@ struct Task {
     http: ureq::Agent,
     restarts_path: PathBuf,
     next_report: Instant,
+    rx: Receiver<Input>,
+    /// Inputs taken from the channel during a download, handled next.
+    pending: RefCell<VecDeque<Input>>,
 }
 
 impl Task {
@@ -115,6 +129,7 @@ impl Task {
         state: Arc<AgentState>,
         config: UpdateTaskConfig,
         out: tokio::sync::mpsc::UnboundedSender<Published>,
+        rx: Receiver<Input>,
     ) -> Task {
         let files = UpdateFiles::open(&state.config.data_dir)
             .map_err(|e| tracing::error!(error = %e, "update files unavailable; updates are off"))
@@ -137,10 +152,35 @@ impl Task {
             files,
             http,
             restarts_path,
+            rx,
+            pending: RefCell::new(VecDeque::new()),
         }
     }
 
-    fn run(mut self, mut core: Updater, rx: Receiver<Input>) {
+    /// The next input: one taken during a download first, in order.
+    fn next_input(&self, timeout: Duration) -> Result<Input, RecvTimeoutError> {
+        if let Some(input) = self.pending.borrow_mut().pop_front() {
+            return Ok(input);
+        }
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// Whether a download should stop now: a command is waiting, or the
+    /// agent is stopping (every sender dropped). Inputs seen are kept, in
+    /// order, for [`Task::next_input`].
+    fn must_interrupt(&self) -> bool {
+        let mut pending = self.pending.borrow_mut();
+        loop {
+            match self.rx.try_recv() {
+                Ok(input) => pending.push_back(input),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return true,
+            }
+        }
+        pending.iter().any(|i| matches!(i, Input::Command(_)))
+    }
+
+    fn run(mut self, mut core: Updater) {
         // The first drive resumes a crashed update; a probation it starts
         // again is a restart during that probation.
         let first = self.drive(&mut core);
@@ -151,13 +191,16 @@ impl Task {
                 .poll_timeout()
                 .unwrap_or(now + Duration::from_secs(1))
                 .min(now + Duration::from_secs(1));
-            match rx.recv_timeout(wake.saturating_duration_since(now)) {
+            match self.next_input(wake.saturating_duration_since(now)) {
                 Ok(Input::Command(cmd)) => {
                     let now = Instant::now();
                     core.handle_server_contact(now);
                     if let Err(e) = core.handle_command(now, &cmd) {
                         tracing::warn!(error = %e, "command not acted on");
                     }
+                    // What the command did is published before a paused
+                    // download resumes and holds the thread again.
+                    self.drive_running(&mut core);
                 }
                 Ok(Input::Contact) => core.handle_server_contact(Instant::now()),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -168,16 +211,21 @@ impl Task {
                 core.handle_timeout(now);
             }
             self.health_check(&mut core, now);
-            let published = self.drive(&mut core);
-            if let Some(p) = &published
-                && !p.probations.is_empty()
-            {
-                // A probation started while running: a fresh count.
-                self.write_restarts(&Restarts {
-                    candidate: p.probations.last().cloned(),
-                    restarts: 0,
-                });
-            }
+            self.drive_running(&mut core);
+        }
+    }
+
+    /// [`Task::drive`] after the start: a probation it starts gets a fresh
+    /// restart count.
+    fn drive_running(&self, core: &mut Updater) {
+        let published = self.drive(core);
+        if let Some(p) = &published
+            && !p.probations.is_empty()
+        {
+            self.write_restarts(&Restarts {
+                candidate: p.probations.last().cloned(),
+                restarts: 0,
+            });
         }
     }
 
@@ -189,6 +237,7 @@ impl Task {
         let files = self.files.as_ref()?;
         let trust = core.trust().clone();
         let config = &self.state.config;
+        let interrupt = || self.must_interrupt();
         let shell = Shell {
             files,
             host: &self.state.host,
@@ -202,6 +251,7 @@ impl Task {
             },
             fallback: self.fallback_of(core),
             shadow_budget_percent: config.shadow_cpu_budget_percent,
+            interrupt: Some(Interrupt(&interrupt)),
         };
         match drive(core, &shell) {
             Ok(p) => {

@@ -37,7 +37,11 @@
 //! | idle, T neither active nor previous | `Rollback{T}` | install T, no probation (a download) |
 //!
 //! A directive that arrives while a slot pointer is being written waits
-//! for the write to finish, then is verified as usual.
+//! for the write to finish, then is verified as usual. One that arrives
+//! during a download is let through by the shell, which stops the
+//! download and reports [`Updater::handle_download_paused`]: the job waits
+//! on a timer due at once (no failure counted), so the directive is
+//! handled before the download resumes from the bytes written.
 
 mod action;
 mod directive;

@@ -126,6 +126,40 @@ impl Updater {
         Ok(())
     }
 
+    /// The shell stopped the download after `bytes_written` (fsynced) bytes
+    /// to let a waiting command through. Not a failure: no attempt is
+    /// counted and there is no backoff. The download resumes from there at
+    /// the next [`Updater::handle_timeout`], which is due at once, unless
+    /// the command that was let through changes the job first.
+    ///
+    /// Design: the resumption is a timer rather than a new `Download`
+    /// action, so the shell's drive ends with the core waiting and the
+    /// command is handled before any further download starts.
+    pub fn handle_download_paused(
+        &mut self,
+        now: Instant,
+        job: JobId,
+        bytes_written: u64,
+    ) -> Result<(), UpdateError> {
+        let unix = self.clock.unix(now);
+        let d = match std::mem::replace(&mut self.state, State::Idle) {
+            State::Downloading(d) if d.job.id == job && d.retry_at.is_none() => d,
+            other => {
+                self.state = other;
+                return Err(self.unexpected("download paused", Some(job)));
+            }
+        };
+        // What is on disk now (a server that ignored the range restarted
+        // the file from zero).
+        let done = bytes_written.min(d.job.target.length);
+        self.enter(State::Downloading(Downloading {
+            done,
+            retry_at: Some(unix),
+            ..d
+        }));
+        Ok(())
+    }
+
     fn backoff(&self, failures: u32) -> u64 {
         let shift = failures.saturating_sub(1).min(20);
         self.config

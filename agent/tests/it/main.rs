@@ -14,3 +14,4 @@ mod start;
 mod tls;
 mod update_shell;
 mod update_sim;
+mod waiting;

@@ -107,6 +107,7 @@ impl Device {
             },
             fallback: Fallback::Reject,
             shadow_budget_percent: 100,
+            interrupt: None,
         };
         drive(&mut self.core, &shell).unwrap().events
     }

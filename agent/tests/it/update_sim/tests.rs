@@ -475,3 +475,39 @@ fn a_crash_at_every_step_resumes_or_rolls_back_to_a_verified_model() {
     assert!(did("rolling_back", "RollBack"));
     assert!(did("retiring", "Retire"));
 }
+
+#[test]
+fn a_paused_download_resumes_from_its_bytes_at_once_without_counting_a_failure() {
+    let w = World::new();
+    let mut s = Sim::new(&w);
+    s.cmd(10, w.deploy(1, 2, Probation::None));
+    let name = part(&w.versions[1].0.sha256);
+    while s.files.get(&name).map_or(0, Vec::len) < CHUNK {
+        assert!(s.step(), "the download never started");
+    }
+    // The shell stops between reads (a command is waiting): no further
+    // chunk or report of this attempt arrives.
+    s.pending.retain(|(_, _, ev)| {
+        !matches!(ev, Ev::Chunk { .. } | Ev::Progress { .. } | Ev::Done { .. })
+    });
+    let have = s.files[&name].len() as u64;
+    let now = s.now();
+    s.core().handle_download_paused(now, 1, have).unwrap();
+    match s.core().state() {
+        State::Downloading(d) => {
+            assert_eq!((d.done, d.failures), (have, 0));
+            assert!(d.retry_at.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Persisted first, and due at once: no backoff.
+    let persist = s.core().poll_action().unwrap();
+    assert!(matches!(persist, Action::Persist(_)));
+    s.queued.push_back(persist);
+    assert!(s.core().poll_timeout().unwrap() <= now);
+    // A second pause report for the same attempt is refused.
+    assert!(s.core().handle_download_paused(now, 1, have).is_err());
+    s.drive();
+    ends_on_v2_after_v1(&mut s);
+    assert_eq!(s.downloads(), [0, have]);
+}
