@@ -156,6 +156,26 @@ pub struct FleetOptions {
     /// Devices whose data directory is elsewhere (a small file system, for
     /// a full disk): device id → absolute path.
     pub data_dirs: Vec<(String, PathBuf)>,
+    /// Mutual TLS to the external broker (`broker` is then
+    /// `mqtts://host:port`).
+    pub tls: Option<BrokerTls>,
+}
+
+/// Client certificates for a TLS broker: the CA that signed the broker's
+/// certificate, and a folder with `NAME.pem` and `NAME.key` for the server
+/// ([`SERVER_IDENTITY`]) and for every device id (see [`Pki`]).
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    pub ca: PathBuf,
+    pub certs: PathBuf,
+}
+
+/// The certificate CN of the fleet server's MQTT client.
+pub const SERVER_IDENTITY: &str = "outpost-fleet";
+
+/// Device `i`'s id (1-based): `dev-001`, `dev-002`, …
+pub fn device_id(i: usize) -> String {
+    format!("dev-{i:03}")
 }
 
 /// A running fleet: server, agents, and the tokens of an operator and two
@@ -338,6 +358,17 @@ impl Fleet {
                 args.drain(i..i + 2);
             }
             args.extend(["--mqtt-url".into(), url.clone()]);
+            if let Some(tls) = &self.opts.tls {
+                let cert = |ext: &str| s(&tls.certs.join(format!("{SERVER_IDENTITY}.{ext}")));
+                args.extend([
+                    "--mqtt-ca".into(),
+                    s(&tls.ca),
+                    "--mqtt-client-cert".into(),
+                    cert("pem"),
+                    "--mqtt-client-key".into(),
+                    cert("key"),
+                ]);
+            }
         }
         let line = self.procs.spawn(
             "server",
@@ -373,7 +404,7 @@ impl Fleet {
         }
         let root = self.keys.join("root.signed");
         for i in 1..=self.opts.devices {
-            let id = format!("dev-{i:03}");
+            let id = device_id(i);
             let class = self
                 .opts
                 .classes
@@ -390,13 +421,28 @@ impl Fleet {
                 .iter()
                 .find(|(d, _)| *d == id)
                 .map_or_else(|| PathBuf::from(&id), |(_, p)| p.clone());
+            // Over TLS the device's certificate (CN = its id) is its
+            // identity at the broker.
+            let tls = self.opts.tls.as_ref().map_or_else(String::new, |t| {
+                format!(
+                    "ca = \"{}\"\nclient_cert = \"{}\"\nclient_key = \"{}\"\n",
+                    t.ca.display(),
+                    t.certs.join(format!("{id}.pem")).display(),
+                    t.certs.join(format!("{id}.key")).display()
+                )
+            });
             std::fs::write(
                 &config,
                 format!(
                     "device_id = \"{id}\"\ntarget = \"{class}\"\ndata_dir = \"{data}\"\n\n\
-                     [mqtt]\nurl = \"mqtt://{mqtt}\"\nkeep_alive_secs = 5\n\n\
+                     [mqtt]\nurl = \"{scheme}://{mqtt}\"\nkeep_alive_secs = 5\n{tls}\n\
                      [trust]\nroot = \"{root}\"\n\n[api]\nbind = \"127.0.0.1:0\"\n\n\
                      [telemetry]\nwindow_secs = {window}\n",
+                    scheme = if self.opts.tls.is_some() {
+                        "mqtts"
+                    } else {
+                        "mqtt"
+                    },
                     mqtt = self.mqtt,
                     data = data_dir.display(),
                     root = root.display(),
@@ -899,6 +945,148 @@ impl Mosquitto {
     /// `mqtt://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// A test PKI made with `openssl`: a CA, the broker's certificate for
+/// 127.0.0.1, and client certificates whose CN is the client's identity
+/// (Mosquitto's `use_identity_as_username`).
+#[derive(Debug)]
+pub struct Pki {
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    /// Makes the CA and the broker's certificate in `dir`.
+    pub fn new(dir: &Path) -> Result<Pki> {
+        let pki = Pki {
+            dir: dir.to_owned(),
+        };
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
+        )?;
+        std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n")?;
+        pki.key("ca")?;
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=outpost-test-ca",
+        ])?;
+        pki.signed("server", "127.0.0.1", "server.ext")?;
+        Ok(pki)
+    }
+
+    fn openssl(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new("openssl")
+            .current_dir(&self.dir)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!(
+                "openssl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    fn key(&self, name: &str) -> Result<()> {
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            &format!("{name}.key"),
+        ])
+    }
+
+    /// `name.key`, and `name.pem` for `cn` signed by the CA.
+    fn signed(&self, name: &str, cn: &str, ext: &str) -> Result<(PathBuf, PathBuf)> {
+        self.key(name)?;
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        self.openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={cn}"),
+        ])?;
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            ext,
+        ])?;
+        Ok((self.dir.join(pem), self.dir.join(key)))
+    }
+
+    /// `(NAME.pem, NAME.key)`: a client certificate whose CN is `name`.
+    pub fn client(&self, name: &str) -> Result<(PathBuf, PathBuf)> {
+        self.signed(name, name, "client.ext")
+    }
+
+    /// The CA's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// Mosquitto settings for a TLS listener that requires a client
+    /// certificate of this CA, takes its CN as the user name, and applies
+    /// `acl` (the text of an `acl_file`).
+    pub fn mosquitto_conf(&self, acl: &str) -> Result<String> {
+        let file = self.dir.join("acl");
+        std::fs::write(&file, acl)?;
+        Ok(format!(
+            "cafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
+             require_certificate true\nuse_identity_as_username true\nacl_file {acl}\n",
+            d = self.dir.display(),
+            acl = file.display()
+        ))
+    }
+
+    /// Client certificates for the fleet server and devices `ids`, as
+    /// [`FleetOptions::tls`] wants them.
+    pub fn fleet(&self, ids: impl IntoIterator<Item = String>) -> Result<BrokerTls> {
+        self.client(SERVER_IDENTITY)?;
+        for id in ids {
+            self.client(&id)?;
+        }
+        Ok(BrokerTls {
+            ca: self.ca(),
+            certs: self.dir.clone(),
+        })
     }
 }
 

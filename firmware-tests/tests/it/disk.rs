@@ -65,7 +65,7 @@ fn scenario_8_a_full_disk_drops_counted_reported_windows_and_serving_goes_on() {
         skip_or_fail("mounting a tmpfs needs root (mount -t tmpfs)");
         return;
     };
-    let Some(f) = fleet_with(3, None, vec![("dev-001".into(), data.clone())]) else {
+    let Some(f) = fleet_with(3, |o| o.data_dirs = vec![("dev-001".into(), data.clone())]) else {
         return;
     };
     let spy = crate::attacks::Spy::connect(&f.mqtt);

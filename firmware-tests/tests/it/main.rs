@@ -11,6 +11,7 @@
 //! cores).
 #![allow(clippy::unwrap_used)]
 
+mod acl;
 mod attacks;
 mod crashes;
 mod disk;

@@ -4,52 +4,17 @@
 //! hold them through the outage; the server's persistent session holds
 //! what arrives before it re-subscribes), and fleet drift counts each once.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-
-use outpost_fleet::harness::metric_sum;
-use serde_json::Value;
 
 use crate::rollouts::deployed;
 use crate::support::*;
-
-/// Windows the server stored, per device.
-fn stored(f: &TestFleet) -> BTreeMap<String, u64> {
-    let v = f.get("/v1/telemetry/windows?model=digits").unwrap();
-    let mut per = BTreeMap::new();
-    for w in v["windows"].as_array().unwrap() {
-        *per.entry(w["device"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
-    per
-}
-
-/// An agent's counter.
-fn counter(api: &str, name: &str, labels: &str) -> u64 {
-    metric_sum(&format!("http://{api}/metrics"), name, labels).unwrap()
-}
-
-fn outbox(api: &str) -> u64 {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let v: Value = agent
-        .get(format!("http://{api}/v1/status"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
-    v["outbox"]["windows"].as_u64().unwrap()
-}
 
 #[test]
 fn scenario_6_a_broker_outage_loses_no_window_and_counts_none_twice() {
     let Some(mut broker) = mosquitto() else {
         return;
     };
-    let Some(f) = fleet_on(fleet_size(), Some(broker.url())) else {
+    let Some(f) = fleet_with(fleet_size(), |o| o.broker = Some(broker.url())) else {
         return;
     };
     let (traffic, _) = deployed(&f);
@@ -79,24 +44,7 @@ fn scenario_6_a_broker_outage_loses_no_window_and_counts_none_twice() {
     .unwrap();
     let answered = traffic.answered();
     drop(traffic);
-    let mut last = String::new();
-    let (sealed, at_server) = f
-        .wait("every sealed window at the server", || {
-            let mut sealed = BTreeMap::new();
-            let mut waiting = BTreeMap::new();
-            for (id, api) in f.ids.iter().zip(&f.apis) {
-                waiting.insert(id.clone(), outbox(api));
-                sealed.insert(
-                    id.clone(),
-                    counter(api, "outpost_agent_telemetry_windows_sealed_total", ""),
-                );
-            }
-            let at_server = stored(&f);
-            last = format!("outboxes {waiting:?}\nsealed {sealed:?}\nstored {at_server:?}");
-            let drained = waiting.values().all(|&w| w == 0);
-            Ok((drained && at_server == sealed).then_some((sealed, at_server)))
-        })
-        .unwrap_or_else(|e| panic!("{e:#}\n{last}\n{}", logs(&f.opts.dir)));
+    let (sealed, at_server) = every_window_at_server(&f);
     let dropped: u64 = f
         .apis
         .iter()

@@ -167,12 +167,32 @@ fn scenario_1_a_good_canary_is_promoted_stage_by_stage() {
     // The hash chain holds every rollout action, gate statistics included.
     let audit = f.cli(Some(&f.admin), &["audit", "verify"]).unwrap();
     assert_eq!(audit["ok"], true, "{audit}");
+    // Every device reported the engine of 1.1.0 and why (the test device
+    // classes prefer the CPU).
+    let engines = f
+        .wait("every device's engine for 1.1.0", || {
+            let devices = f.devices()?;
+            let engines: Vec<Value> = devices
+                .iter()
+                .filter_map(|d| d["engines"]["digits@1.1.0"].as_object().cloned())
+                .map(Value::Object)
+                .collect();
+            Ok((engines.len() == ids.len()).then_some(engines))
+        })
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&f.opts.dir)));
+    assert!(
+        engines
+            .iter()
+            .all(|e| e["engine"] == "cpu" && !e["reason"].as_str().unwrap().is_empty()),
+        "{engines:?}"
+    );
     println!(
-        "SUMMARY scenario 1: {} devices, stages 10% → 50% → 100% passed, 1.1.0 serving everywhere in {:.0} s, {} directives, {} requests answered",
+        "SUMMARY scenario 1: {} devices, stages 10% → 50% → 100% passed, 1.1.0 serving everywhere in {:.0} s, {} directives, {} requests answered; every device reported its engine for 1.1.0 (cpu: {})",
         ids.len(),
         started.elapsed().as_secs_f64(),
         end["directives_sent"],
-        traffic.answered()
+        traffic.answered(),
+        engines[0]["reason"].as_str().unwrap_or_default()
     );
 }
 

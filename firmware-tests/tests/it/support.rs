@@ -1,10 +1,12 @@
 //! Finding the binaries, building a fleet, the models, skip-or-fail.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use outpost_fleet::harness::{AgentExe, Fleet, FleetOptions};
+use outpost_fleet::harness::{AgentExe, Fleet, FleetOptions, metric_sum};
+use serde_json::Value;
 
 /// Scenarios take turns: each one loads this machine's cores with a fleet.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -60,20 +62,12 @@ pub fn fleet_size() -> usize {
 /// Starts a fleet of `devices` agents, or None (after skip_or_fail) when
 /// the binaries are missing.
 pub fn fleet(devices: usize) -> Option<TestFleet> {
-    fleet_on(devices, None)
+    fleet_with(devices, |_| {})
 }
 
-/// [`fleet`] on an external broker (`mqtt://host:port`).
-pub fn fleet_on(devices: usize, broker: Option<String>) -> Option<TestFleet> {
-    fleet_with(devices, broker, vec![])
-}
-
-/// [`fleet_on`], with some devices' data directories elsewhere.
-pub fn fleet_with(
-    devices: usize,
-    broker: Option<String>,
-    data_dirs: Vec<(String, PathBuf)>,
-) -> Option<TestFleet> {
+/// [`fleet`], with options changed by `set` (an external broker, TLS, some
+/// devices' data directories elsewhere).
+pub fn fleet_with(devices: usize, set: impl FnOnce(&mut FleetOptions)) -> Option<TestFleet> {
     let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let Some((outpost, agent)) = binaries() else {
         skip_or_fail(
@@ -83,7 +77,7 @@ pub fn fleet_with(
         return None;
     };
     let dir = tempfile::tempdir().unwrap();
-    let fleet = Fleet::start(FleetOptions {
+    let mut opts = FleetOptions {
         dir: dir.path().to_owned(),
         outpost,
         agent: AgentExe::Agent(agent),
@@ -92,10 +86,13 @@ pub fn fleet_with(
         window_secs: 2,
         evaluate_every: 2,
         step_timeout: Duration::from_secs(240),
-        broker,
-        data_dirs,
-    })
-    .unwrap_or_else(|e| panic!("the fleet did not start: {e:#}\n{}", logs(dir.path())));
+        broker: None,
+        data_dirs: vec![],
+        tls: None,
+    };
+    set(&mut opts);
+    let fleet = Fleet::start(opts)
+        .unwrap_or_else(|e| panic!("the fleet did not start: {e:#}\n{}", logs(dir.path())));
     Some(TestFleet {
         fleet,
         _dir: dir,
@@ -129,4 +126,58 @@ pub fn mosquitto() -> Option<outpost_fleet::harness::Mosquitto> {
         return None;
     }
     Some(outpost_fleet::harness::Mosquitto::start("allow_anonymous true\n").unwrap())
+}
+
+/// Windows the server stored, per device.
+pub fn stored(f: &TestFleet) -> BTreeMap<String, u64> {
+    let v = f.get("/v1/telemetry/windows?model=digits").unwrap();
+    let mut per = BTreeMap::new();
+    for w in v["windows"].as_array().unwrap() {
+        *per.entry(w["device"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    per
+}
+
+/// An agent's counter.
+pub fn counter(api: &str, name: &str, labels: &str) -> u64 {
+    metric_sum(&format!("http://{api}/metrics"), name, labels).unwrap()
+}
+
+pub fn outbox(api: &str) -> u64 {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let v: Value = agent
+        .get(format!("http://{api}/v1/status"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    v["outbox"]["windows"].as_u64().unwrap()
+}
+
+/// Waits until every agent's outbox is empty and the server stores, for
+/// each device, exactly the windows it sealed; returns (sealed, stored).
+/// Call it once the traffic stopped.
+pub fn every_window_at_server(f: &TestFleet) -> (BTreeMap<String, u64>, BTreeMap<String, u64>) {
+    let mut last = String::new();
+    f.wait("every sealed window at the server", || {
+        let mut sealed = BTreeMap::new();
+        let mut waiting = BTreeMap::new();
+        for (id, api) in f.ids.iter().zip(&f.apis) {
+            waiting.insert(id.clone(), outbox(api));
+            sealed.insert(
+                id.clone(),
+                counter(api, "outpost_agent_telemetry_windows_sealed_total", ""),
+            );
+        }
+        let at_server = stored(f);
+        last = format!("outboxes {waiting:?}\nsealed {sealed:?}\nstored {at_server:?}");
+        let drained = waiting.values().all(|&w| w == 0);
+        Ok((drained && at_server == sealed).then_some((sealed, at_server)))
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n{last}\n{}", logs(&f.opts.dir)))
 }

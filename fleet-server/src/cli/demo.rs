@@ -264,6 +264,7 @@ fn walk(args: &DemoArgs, exe: &Path, dir: &Path) -> Result<()> {
         step_timeout: Duration::from_secs(args.step_timeout.max(10)),
         broker: None,
         data_dirs: vec![],
+        tls: None,
     })?;
     let keys = &fleet.keys;
     say(&format!(

@@ -283,84 +283,12 @@ fn inventory_through_an_external_mosquitto() {
     });
 }
 
-fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
-    std::process::Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
-
-/// A CA and a server certificate for 127.0.0.1, made with openssl.
-fn test_pki(dir: &std::path::Path) -> bool {
-    let ok = |args: &[&str]| openssl(dir, args);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
-    )
-    .unwrap();
-    let key = |name: &str| {
-        ok(&[
-            "genpkey",
-            "-algorithm",
-            "EC",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-out",
-            name,
-        ])
-    };
-    key("ca.key")
-        && ok(&[
-            "req",
-            "-x509",
-            "-new",
-            "-key",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=outpost-test-ca",
-        ])
-        && key("server.key")
-        && ok(&[
-            "req",
-            "-new",
-            "-key",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ])
-        && ok(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ])
-}
-
 #[test]
 fn inventory_through_mosquitto_over_tls() {
     let pki = tempfile::tempdir().unwrap();
     let p = pki.path();
-    if !test_pki(p) {
-        skip_or_fail("openssl could not make the test PKI");
+    if let Err(e) = outpost_fleet::harness::Pki::new(p) {
+        skip_or_fail(&format!("openssl could not make the test PKI: {e:#}"));
         return;
     }
     // Two listeners: TLS for the server, plain for the test's device.
