@@ -222,7 +222,7 @@ impl Default for Metrics {
 impl Metrics {
     /// Sets the engine gauges to the models loaded now (called before each
     /// scrape: a model unloaded since the last one disappears).
-    pub fn set_engines(&self, reports: &[crate::serve::EngineReport]) {
+    pub fn set_engines(&self, reports: &[outpost_protocol::messages::EngineReport]) {
         self.model_engine.clear();
         self.engine_benchmark.clear();
         for r in reports {

@@ -381,7 +381,7 @@ pub async fn run(
     let mut connected = false;
     let mut failures: u32 = 0;
     // Engine decisions reported in this session (all again at each start).
-    let mut engines_reported: Vec<crate::serve::EngineReport> = vec![];
+    let mut engines_reported: Vec<outpost_protocol::messages::EngineReport> = vec![];
     let mut rng = crate::jitter_seed();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
@@ -517,12 +517,12 @@ fn report_engines(
     state: &AgentState,
     out: &mut Publisher,
     topic: &impl Fn(TopicKind) -> String,
-    reported: &mut Vec<crate::serve::EngineReport>,
+    reported: &mut Vec<outpost_protocol::messages::EngineReport>,
 ) {
     let now = state.host.engines();
     for r in &now {
         if !reported.contains(r) {
-            publish_event(state, out, topic, r.event());
+            publish_event(state, out, topic, EventKind::EngineSelected(r.clone()));
         }
     }
     // What is loaded now: an unloaded model is forgotten (bounded).

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use outpost_protocol::messages::{DeviceMessage, EventKind, HealthStatus, ModelRef, Slot};
+use outpost_protocol::messages::{
+    DeviceMessage, EngineReport, EventKind, HealthStatus, ModelRef, Slot,
+};
 use outpost_protocol::topic::DeviceId;
 use serde::{Deserialize, Serialize};
 
@@ -18,20 +20,6 @@ pub struct Installed {
     pub name: String,
     pub version: String,
     pub sha256: String,
-}
-
-/// Which engine runs one loaded model on a device, and why (the agent's
-/// `engine_selected` event).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EngineUse {
-    pub slot: Slot,
-    /// `cpu` or `gpu`.
-    pub engine: String,
-    pub reason: String,
-    /// Median batch-1 run of each engine when the model was loaded, µs.
-    pub cpu_us: Option<u64>,
-    pub gpu_us: Option<u64>,
-    pub adapter: Option<String>,
 }
 
 /// What the fleet knows about one device.
@@ -57,10 +45,11 @@ pub struct DeviceRecord {
     pub session: u64,
     pub root_version: u64,
     pub last_directive: u64,
-    /// The engine of each installed model, by `name@version` (models that
-    /// are no longer installed are dropped).
+    /// The engine of each installed model and why (the agent's
+    /// `engine_selected` event), by `name@version`; dropped when the
+    /// version is no longer installed.
     #[serde(default)]
-    pub engines: BTreeMap<String, EngineUse>,
+    pub engines: BTreeMap<String, EngineReport>,
 }
 
 impl DeviceRecord {
@@ -88,10 +77,10 @@ impl DeviceRecord {
     /// the slot they are in now (an active model becomes the previous).
     fn prune_engines(&mut self) {
         let installed = &self.installed;
-        self.engines.retain(|k, e| {
+        self.engines.retain(|_, e| {
             match installed
                 .iter()
-                .find(|i| k.rsplit_once('@') == Some((i.name.as_str(), i.version.as_str())))
+                .find(|i| i.name == e.model.name && i.version == e.model.version)
             {
                 Some(i) => {
                     e.slot = i.slot;
@@ -178,27 +167,9 @@ pub fn apply(
             d.prune_engines();
         }
         DeviceMessage::Event(e) => {
-            if let EventKind::EngineSelected {
-                model,
-                slot,
-                engine,
-                reason,
-                cpu_us,
-                gpu_us,
-                adapter,
-            } = &e.kind
-            {
-                d.engines.insert(
-                    format!("{}@{}", model.name, model.version),
-                    EngineUse {
-                        slot: *slot,
-                        engine: engine.clone(),
-                        reason: reason.clone(),
-                        cpu_us: *cpu_us,
-                        gpu_us: *gpu_us,
-                        adapter: adapter.clone(),
-                    },
-                );
+            if let EventKind::EngineSelected(r) = &e.kind {
+                d.engines
+                    .insert(format!("{}@{}", r.model.name, r.model.version), r.clone());
             }
             d.online = true;
         }
@@ -307,7 +278,7 @@ mod tests {
             DeviceMessage::Event(outpost_protocol::messages::Event {
                 seq: 1,
                 at: 2,
-                kind: EventKind::EngineSelected {
+                kind: EventKind::EngineSelected(EngineReport {
                     model: model(version),
                     slot: Slot::Active,
                     engine: engine.into(),
@@ -315,7 +286,7 @@ mod tests {
                     cpu_us: Some(900),
                     gpu_us: Some(120),
                     adapter: Some("Orin on vulkan (integrated_gpu)".into()),
-                },
+                }),
             })
         };
         let d = apply(None, &id, &birth("1.0.0"), 10).unwrap();

@@ -138,23 +138,30 @@ pub enum EventKind {
         delta_mean_micros: u64,
         delta_max_micros: u64,
     },
-    /// `model` was loaded into `slot` on `engine` (`cpu` or `gpu`), and
-    /// why: the target profile's request, the GPU engine's refusal (a model
-    /// it cannot run fully runs on the CPU, never silently), or the
-    /// load-time micro-benchmark of both (`cpu_us`, `gpu_us`: median
-    /// batch-1 run, microseconds). `adapter` is what the GPU probe found.
-    /// Reported for every loaded model at each session start and whenever
-    /// a model is loaded. Appended variant: earlier encodings are
+    /// A model was loaded, on the engine the report names and for its
+    /// reason. Reported for every loaded model at each session start and
+    /// whenever a model is loaded. Appended variant: earlier encodings are
     /// unchanged (golden `event-6`).
-    EngineSelected {
-        model: ModelRef,
-        slot: Slot,
-        engine: String,
-        reason: String,
-        cpu_us: Option<u64>,
-        gpu_us: Option<u64>,
-        adapter: Option<String>,
-    },
+    EngineSelected(EngineReport),
+}
+
+/// Which engine runs a loaded model, and why: the target profile's request,
+/// the GPU engine's refusal (a model it cannot run fully runs on the CPU,
+/// never silently), or the load-time micro-benchmark of both.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "arbitrary", derive(arbitrary::Arbitrary))]
+pub struct EngineReport {
+    pub model: ModelRef,
+    pub slot: Slot,
+    /// `cpu` or `gpu`.
+    pub engine: String,
+    pub reason: String,
+    /// Median batch-1 run of each engine at load, microseconds, when
+    /// measured.
+    pub cpu_us: Option<u64>,
+    pub gpu_us: Option<u64>,
+    /// What the GPU probe found: `name on backend (device type)`.
+    pub adapter: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

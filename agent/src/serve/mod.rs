@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use outpost_protocol::bytes::Sha256;
 use outpost_protocol::codec;
-use outpost_protocol::messages::{EventKind, ModelRef, Slot};
+use outpost_protocol::messages::{EngineReport, ModelRef, Slot};
 use outpost_protocol::trust::{
     MAX_METADATA_BYTES, ReleaseMetadata, Signed, TargetMeta, TrustError, TrustState, Verifier,
     check_reader,
@@ -226,7 +226,8 @@ impl LoadedModel {
     }
 
     /// Which engine runs this model and why, as the agent reports it
-    /// (event, `/metrics`, `/v1/status`): the runtime's decision at load.
+    /// (the `engine_selected` event, `/metrics`, `/v1/status`): the
+    /// runtime's decision at load.
     pub fn engine_report(&self, slot: Slot) -> EngineReport {
         let d = self.model.engine_decision();
         let us = |v: Option<f64>| {
@@ -253,36 +254,6 @@ impl LoadedModel {
                     )
                 })
             }),
-        }
-    }
-}
-
-/// A loaded model's engine and why (see [`LoadedModel::engine_report`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct EngineReport {
-    pub model: ModelRef,
-    pub slot: Slot,
-    /// `cpu` or `gpu`.
-    pub engine: String,
-    pub reason: String,
-    /// Median batch-1 run of each engine at load, microseconds, when measured.
-    pub cpu_us: Option<u64>,
-    pub gpu_us: Option<u64>,
-    /// The GPU adapter the probe found: `name on backend (device type)`.
-    pub adapter: Option<String>,
-}
-
-impl EngineReport {
-    /// The `engine_selected` event.
-    pub fn event(&self) -> EventKind {
-        EventKind::EngineSelected {
-            model: self.model.clone(),
-            slot: self.slot,
-            engine: self.engine.clone(),
-            reason: self.reason.clone(),
-            cpu_us: self.cpu_us,
-            gpu_us: self.gpu_us,
-            adapter: self.adapter.clone(),
         }
     }
 }

@@ -347,6 +347,21 @@ pub fn signed_command(
 }
 
 /// A port nothing listens on right now.
+/// Reads an HTTP request's head from `reader` (up to the blank line) and
+/// returns the start of its `Range: bytes=N-` header, or 0.
+pub fn request_range_start(reader: &mut impl std::io::BufRead) -> usize {
+    let mut start = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            return start;
+        }
+        if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+            start = r.trim().trim_end_matches('-').parse().unwrap_or(0);
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -11,6 +11,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use outpost_agent::download::{DownloadError, download, http_agent};
 
+use crate::common::request_range_start;
+
 /// A local HTTP server; dropping it (its runtime) stops it.
 pub(crate) struct Server {
     pub(crate) base: String,
@@ -87,23 +89,14 @@ pub(crate) fn serve(data: Vec<u8>) -> Server {
 /// connection: a link that breaks mid-download, deterministically (the
 /// bytes are written to the socket before it closes).
 fn cut_server(data: Vec<u8>, cut: usize) -> String {
-    use std::io::{BufRead, BufReader, Write};
+    use std::io::{BufReader, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             let mut reader = BufReader::new(stream.try_clone().unwrap());
-            let mut start = 0usize;
-            loop {
-                let mut line = String::new();
-                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                    break;
-                }
-                if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    start = r.trim().trim_end_matches('-').parse().unwrap_or(0);
-                }
-            }
+            let start = request_range_start(&mut reader);
             let status = if start > 0 {
                 "206 Partial Content"
             } else {

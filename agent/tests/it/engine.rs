@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use outpost_protocol::codec;
-use outpost_protocol::messages::{Event, EventKind, Slot};
+use outpost_protocol::messages::{EngineReport, Event, EventKind, Slot};
 
 use crate::common::*;
 
@@ -40,16 +40,16 @@ fn the_engine_and_its_reason_are_in_the_status_the_metrics_and_an_event() {
     // The target profile prefers the CPU: the decision says so.
     let (_, p) = obs.next_where(T, |_, p| {
         codec::decode::<Event>(p, 1 << 16)
-            .is_ok_and(|e| matches!(e.kind, EventKind::EngineSelected { .. }))
+            .is_ok_and(|e| matches!(e.kind, EventKind::EngineSelected(_)))
     });
     let ev: Event = codec::decode(&p, 1 << 16).unwrap();
-    let EventKind::EngineSelected {
+    let EventKind::EngineSelected(EngineReport {
         model,
         slot,
         engine,
         reason,
         ..
-    } = ev.kind
+    }) = ev.kind
     else {
         unreachable!()
     };

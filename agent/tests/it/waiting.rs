@@ -4,7 +4,7 @@
 //! download without installing it; anything else lets it resume where it
 //! stopped.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufReader, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,16 +33,7 @@ fn trickle_server(data: Vec<u8>) -> (String, Arc<Mutex<Vec<usize>>>) {
             let (data, seen) = (data.clone(), seen.clone());
             std::thread::spawn(move || {
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut start = 0usize;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                        break;
-                    }
-                    if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        start = r.trim().trim_end_matches('-').parse().unwrap_or(0);
-                    }
-                }
+                let start = request_range_start(&mut reader);
                 let start = start.min(data.len());
                 seen.lock().unwrap().push(start);
                 let status = if start > 0 {

@@ -244,7 +244,7 @@ fn golden_events() {
         Event {
             seq: 7,
             at: 1_800_000_007,
-            kind: EventKind::EngineSelected {
+            kind: EventKind::EngineSelected(EngineReport {
                 model: model("2.0.0"),
                 slot: Slot::Candidate,
                 engine: "cpu".into(),
@@ -253,7 +253,7 @@ fn golden_events() {
                 cpu_us: Some(73),
                 gpu_us: Some(5577),
                 adapter: Some("llvmpipe (LLVM 15.0.6, 256 bits) on vulkan (cpu)".into()),
-            },
+            }),
         },
     ];
     for (i, e) in events.iter().enumerate() {
