@@ -80,7 +80,28 @@ enum Command {
     Completions { shell: clap_complete::Shell },
 }
 
+/// `outpost devices list | head` closes the pipe early: Rust ignores
+/// SIGPIPE, so `println!` panics on the broken pipe. Exit as a shell tool
+/// does (128 + SIGPIPE), quietly. Design: a panic hook rather than
+/// restoring SIGPIPE, which needs `unsafe` (forbidden in the workspace).
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let p = info.payload();
+        let msg = p
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| p.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default(info);
+    }));
+}
+
 fn main() -> ExitCode {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     let conn = cli::Conn {
         server: cli.server.clone(),

@@ -690,3 +690,20 @@ fn model_sign_collects_a_two_of_two_release_threshold() {
         "{v}"
     );
 }
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_gets_a_quiet_exit_not_a_panic() {
+    // As `outpost … | head` does: the reader is gone before the output.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_outpost"))
+        .args(["keys", "init", "--dir", dir.path().to_str().unwrap()])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
