@@ -321,18 +321,7 @@ pub fn signed_command(
     targets: &[TargetMeta],
     url: Option<String>,
 ) -> Vec<u8> {
-    let directive = Directive {
-        sequence: seq,
-        selector: Selector::Device(outpost_protocol::topic::DeviceId::new(device).unwrap()),
-        action,
-        rollout: None,
-        issued_at: now(),
-        expires: now() + 3600,
-        offline_grace: OfflineGrace {
-            max_offline_secs: 600,
-            then: GraceAction::RollBack,
-        },
-    };
+    let directive = device_directive(device, seq, action);
     let release = ReleaseMetadata {
         version: 1,
         expires: now() + 86_400,
@@ -359,6 +348,23 @@ pub fn request_range_start(reader: &mut impl std::io::BufRead) -> usize {
         if let Some(r) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
             start = r.trim().trim_end_matches('-').parse().unwrap_or(0);
         }
+    }
+}
+
+/// A directive for `device`, valid for an hour, rolling back after ten
+/// minutes offline.
+pub fn device_directive(device: &str, sequence: u64, action: DirectiveAction) -> Directive {
+    Directive {
+        sequence,
+        selector: Selector::Device(outpost_protocol::topic::DeviceId::new(device).unwrap()),
+        action,
+        rollout: None,
+        issued_at: now(),
+        expires: now() + 3600,
+        offline_grace: OfflineGrace {
+            max_offline_secs: 600,
+            then: GraceAction::RollBack,
+        },
     }
 }
 

@@ -340,18 +340,7 @@ fn sigkill_at_random_points_during_updates_always_restarts_to_a_verified_model()
                 target: target.reference(),
             },
         };
-        let directive = Directive {
-            sequence,
-            selector: Selector::Device(outpost_protocol::topic::DeviceId::new(device).unwrap()),
-            action,
-            rollout: None,
-            issued_at: now(),
-            expires: now() + 3600,
-            offline_grace: OfflineGrace {
-                max_offline_secs: 600,
-                then: GraceAction::RollBack,
-            },
-        };
+        let directive = device_directive(device, sequence, action);
         let cmd = Command {
             directive: keys::sign(&directive, Role::Director, &[&w.director_key]).unwrap(),
             release: Some(release.clone()),

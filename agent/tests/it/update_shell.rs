@@ -125,18 +125,7 @@ fn command(
     targets: &[TargetMeta],
     url: Option<String>,
 ) -> Command {
-    let directive = Directive {
-        sequence: seq,
-        selector: Selector::Device(outpost_protocol::topic::DeviceId::new("shell-dev").unwrap()),
-        action,
-        rollout: None,
-        issued_at: now(),
-        expires: now() + 3600,
-        offline_grace: OfflineGrace {
-            max_offline_secs: 600,
-            then: GraceAction::RollBack,
-        },
-    };
+    let directive = device_directive("shell-dev", seq, action);
     let release = (!targets.is_empty()).then(|| {
         let meta = ReleaseMetadata {
             version: 1,

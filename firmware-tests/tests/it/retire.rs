@@ -58,18 +58,8 @@ fn retire_directives_unload_and_delete_the_model_on_every_device() {
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", logs(&f.opts.dir)));
     // Each agent unloaded it and deleted its files.
-    let http: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
     for (id, api) in f.ids.iter().zip(&f.apis) {
-        let s: serde_json::Value = http
-            .get(format!("http://{api}/v1/status"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
+        let s = agent_status(api);
         assert_eq!(s["models"], serde_json::json!([]), "{id}: {s}");
         assert_eq!(packages(&agents.join(id)), 0, "{id} kept package files");
     }

@@ -144,19 +144,24 @@ pub fn counter(api: &str, name: &str, labels: &str) -> u64 {
     metric_sum(&format!("http://{api}/metrics"), name, labels).unwrap()
 }
 
-pub fn outbox(api: &str) -> u64 {
+/// An agent's `/v1/status`.
+pub fn agent_status(api: &str) -> Value {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let v: Value = agent
+    agent
         .get(format!("http://{api}/v1/status"))
         .call()
         .unwrap()
         .body_mut()
         .read_json()
-        .unwrap();
-    v["outbox"]["windows"].as_u64().unwrap()
+        .unwrap()
+}
+
+/// Windows waiting in an agent's outbox.
+pub fn outbox(api: &str) -> u64 {
+    agent_status(api)["outbox"]["windows"].as_u64().unwrap()
 }
 
 /// Waits until every agent's outbox is empty and the server stores, for
